@@ -1,0 +1,301 @@
+"""The experiment config: every key the trainer reads, with its default; loading by name; overrides.
+
+A config file is `configs/<name>.py` with `get_config(smoke: bool = False) -> Config`. Its docstring
+starts with the command that runs it and the result it reaches; `smoke=True` shrinks it for tests.
+
+Overrides use one syntax everywhere: `section.key=value` (on the command line `--config.section.key=value`).
+Values are Python literals (`3e-4`, `(256, 128)`, `True`, `None`, `'relu'`; bare words are strings) and are
+checked against the declared type of the key. Keys under a `kwargs` dict are passed to the named
+model/optimiser/schedule/dataset, which checks them against its own signature.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib.util
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from zoo.registry import ZooError, close_matches
+
+
+@dataclass
+class ModelConfig:
+  name: str = "mlp"
+  kwargs: dict[str, Any] = field(default_factory=dict)  # fields of the Flax module
+
+
+@dataclass
+class DataConfig:
+  name: str = "digits"
+  data_dir: str | None = None  # local dataset files; else $ZOO_DATA_DIR; else download into the cache
+  batch_size: int = 128
+  eval_batch_size: int = 1000
+  # Input standardisation, fitted on the training split only: none | scale (to [0, 1]) |
+  # channel (one mean/std per channel) | feature (one mean/std per input feature).
+  normalization: str = "channel"
+  kwargs: dict[str, Any] = field(default_factory=dict)  # arguments of the dataset loader
+  # Use only the first N examples of a split (smoke runs, quick experiments); None uses all.
+  max_train_examples: int | None = None
+  max_test_examples: int | None = None
+
+
+@dataclass
+class OptimizerConfig:
+  name: str = "adam"
+  learning_rate: float = 1e-3  # the peak rate; the schedule scales it
+  weight_decay: float = 0.0  # decoupled (AdamW-style, multiplied by the rate), masked below
+  weight_decay_mask: str = "no_bias_no_norm"  # all | no_bias_no_norm
+  grad_clip_norm: float | None = None  # clip gradients to this global norm
+  kwargs: dict[str, Any] = field(default_factory=dict)  # arguments of the named optimiser
+
+
+@dataclass
+class ScheduleConfig:
+  name: str = "constant"
+  # Arguments of the named schedule. Durations end in `_steps` or `_epochs` (converted to steps once).
+  kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TaskConfig:
+  name: str = "classification"
+  kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. label_smoothing
+
+
+@dataclass
+class Config:
+  model: ModelConfig = field(default_factory=ModelConfig)
+  data: DataConfig = field(default_factory=DataConfig)
+  optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+  schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+  task: TaskConfig = field(default_factory=TaskConfig)
+  seed: int = 0
+  epochs: int = 10
+  steps: int | None = None  # total training steps; when set it replaces `epochs`
+  log_every_steps: int = 100
+  eval_every_epochs: int = 1
+  checkpoint_every_steps: int = 1000  # and at every evaluation and at the end
+  keep_checkpoints: int = 3
+  # Stop with an error when the training loss is not finite.
+  stop_on_nonfinite: bool = True
+
+
+def to_dict(config: Config) -> dict[str, Any]:
+  return dataclasses.asdict(config)
+
+
+def from_dict(d: dict[str, Any], cls: type = Config) -> Any:
+  """Inverse of `to_dict`; unknown keys raise ZooError."""
+  hints = typing.get_type_hints(cls)
+  names = {f.name for f in dataclasses.fields(cls)}
+  kwargs = {}
+  for key, value in d.items():
+    if key not in names:
+      raise ZooError(_unknown_key_message(key, sorted(names)))
+    sub = hints[key]
+    kwargs[key] = from_dict(value, sub) if dataclasses.is_dataclass(sub) else _to_python(value)
+  return cls(**kwargs)
+
+
+def _to_python(value: Any) -> Any:
+  # JSON turns tuples into lists; keep literal values in the form the config file wrote them.
+  if isinstance(value, dict):
+    return {k: _to_python(v) for k, v in value.items()}
+  return tuple(_to_python(v) for v in value) if isinstance(value, list) else value
+
+
+def to_json(config: Config) -> str:
+  return json.dumps(to_dict(config), indent=2, sort_keys=False)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Overrides.
+
+
+def parse_value(text: str) -> Any:
+  """A Python literal, or the text itself when it is not one (`relu` -> 'relu')."""
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+    return text
+
+
+def check_type(value: Any, annotation: Any, key: str) -> Any:
+  """Returns `value` converted to `annotation` (int -> float, list -> tuple), or raises ZooError."""
+  converted = _convert(value, annotation)
+  if converted is _MISMATCH:
+    raise ZooError(
+        f"config key {key!r} expects {_type_name(annotation)}, got {value!r} ({type(value).__name__})"
+    )
+  return converted
+
+
+_MISMATCH = object()
+
+
+def _convert(value: Any, annotation: Any) -> Any:
+  if annotation is Any or annotation is typing.Any:
+    return value
+  origin = typing.get_origin(annotation)
+  args = typing.get_args(annotation)
+  if origin in (typing.Union, types.UnionType):
+    if value is None and type(None) in args:
+      return None
+    for arg in args:
+      if arg is type(None):
+        continue
+      out = _convert(value, arg)
+      if out is not _MISMATCH:
+        return out
+    return _MISMATCH
+  if origin is typing.Literal:
+    return value if value in args else _MISMATCH
+  if annotation is type(None):
+    return None if value is None else _MISMATCH
+  if annotation is bool:
+    return value if isinstance(value, bool) else _MISMATCH
+  if annotation is int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else _MISMATCH
+  if annotation is float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+      return float(value)
+    return _MISMATCH
+  if annotation is str:
+    return value if isinstance(value, str) else _MISMATCH
+  if origin in (tuple, list, typing.Sequence) or annotation in (tuple, list):
+    if not isinstance(value, (tuple, list)):
+      return _MISMATCH
+    if args and not (len(args) == 2 and args[1] is Ellipsis) and origin is tuple:
+      if len(args) != len(value):
+        return _MISMATCH
+      items = [_convert(v, a) for v, a in zip(value, args, strict=True)]
+    else:
+      items = [_convert(v, args[0]) if args else v for v in value]
+    if any(i is _MISMATCH for i in items):
+      return _MISMATCH
+    return list(items) if (origin or annotation) is list else tuple(items)
+  if origin is dict or annotation is dict:
+    return value if isinstance(value, dict) else _MISMATCH
+  if isinstance(annotation, type):
+    return value if isinstance(value, annotation) else _MISMATCH
+  return value  # An annotation we cannot check (a callable, a forward reference): accept.
+
+
+def _type_name(annotation: Any) -> str:
+  if isinstance(annotation, type):
+    return annotation.__name__
+  return str(annotation).replace("typing.", "")
+
+
+def _unknown_key_message(key: str, known: list[str]) -> str:
+  matches = close_matches(key.rsplit(".", 1)[-1], [k.rsplit(".", 1)[-1] for k in known])
+  full = [k for k in known if k.rsplit(".", 1)[-1] in matches]
+  hint = f"did you mean: {', '.join(full)}?" if full else f"known keys: {', '.join(known)}"
+  return f"unknown config key {key!r}; {hint}"
+
+
+def _keys(obj: Any, prefix: str = "") -> list[str]:
+  out = []
+  for f in dataclasses.fields(obj):
+    value = getattr(obj, f.name)
+    name = prefix + f.name
+    out += _keys(value, name + ".") if dataclasses.is_dataclass(value) else [name]
+  return out
+
+
+def apply_override(config: Config, assignment: str) -> None:
+  """Applies one `a.b.c=value` override to `config` in place, checking the key and the value's type."""
+  key, sep, text = assignment.partition("=")
+  key = key.strip()
+  if key.startswith("--"):
+    key = key[2:]
+  key = key.removeprefix("config.")
+  if not sep or not key:
+    raise ZooError(f"config override {assignment!r} is not of the form key=value (e.g. optimizer.learning_rate=3e-4)")
+  parts = key.split(".")
+  obj: Any = config
+  for i, part in enumerate(parts):
+    is_last = i == len(parts) - 1
+    if isinstance(obj, dict):  # Inside a free-form `kwargs` dict: the consumer checks the names.
+      if is_last:
+        obj[part] = parse_value(text)
+        return
+      obj = obj.setdefault(part, {})
+      if not isinstance(obj, dict):
+        raise ZooError(f"config key {'.'.join(parts[: i + 1])!r} is not a mapping")
+      continue
+    if not dataclasses.is_dataclass(obj) or part not in {f.name for f in dataclasses.fields(obj)}:
+      raise ZooError(_unknown_key_message(key, _keys(config)))
+    if is_last:
+      annotation = typing.get_type_hints(type(obj))[part]
+      if dataclasses.is_dataclass(annotation):
+        raise ZooError(f"config key {key!r} is a section; set one of its keys, e.g. {key}.name=...")
+      setattr(obj, part, check_type(parse_value(text), annotation, key))
+      return
+    obj = getattr(obj, part)
+
+
+def apply_overrides(config: Config, assignments: list[str]) -> Config:
+  for assignment in assignments:
+    apply_override(config, assignment)
+  return config
+
+
+# ---------------------------------------------------------------------------------------------------
+# Config files.
+
+
+def config_dirs() -> list[Path]:
+  """Where configs are found: $ZOO_CONFIG_PATH (os.pathsep-separated), then the repository's `configs/`."""
+  dirs = [Path(p) for p in os.environ.get("ZOO_CONFIG_PATH", "").split(os.pathsep) if p]
+  return dirs + [Path(__file__).resolve().parent.parent / "configs"]
+
+
+def list_configs(pattern: str = "*") -> list[str]:
+  import fnmatch
+
+  pattern = pattern if any(c in pattern for c in "*?[") else f"*{pattern}*"
+  names = {p.stem for d in config_dirs() if d.is_dir() for p in d.glob("*.py") if not p.stem.startswith("_")}
+  return sorted(n for n in names if fnmatch.fnmatch(n, pattern))
+
+
+def config_path(name: str) -> Path:
+  if name.endswith(".py") and Path(name).is_file():
+    return Path(name)
+  for d in config_dirs():
+    if (d / f"{name}.py").is_file():
+      return d / f"{name}.py"
+  matches = close_matches(name, list_configs())
+  hint = f"did you mean: {', '.join(matches)}?" if matches else f"known: {', '.join(list_configs())}"
+  raise ZooError(f"unknown config {name!r}; {hint}")
+
+
+def _load_module(name: str) -> types.ModuleType:
+  path = config_path(name)
+  spec = importlib.util.spec_from_file_location(f"zoo_config_{path.stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ZooError(f"config file {path} defines no get_config()")
+  return module
+
+
+def get_config(name: str, overrides: list[str] = (), smoke: bool = False) -> Config:
+  """Loads `configs/<name>.py` (or a path to a .py file), applies `overrides`, returns the Config."""
+  config = _load_module(name).get_config(smoke=smoke)
+  if not isinstance(config, Config):
+    raise ZooError(f"config {name!r}: get_config() must return zoo.config.Config, got {type(config).__name__}")
+  return apply_overrides(config, list(overrides))
+
+
+def describe_config(name: str) -> str:
+  """The first paragraph of the config file's docstring (its command and result)."""
+  doc = _load_module(name).__doc__ or ""
+  return doc.strip().split("\n\n")[0]

@@ -1,0 +1,95 @@
+"""Picking the JAX platform (--accelerator) and XLA CPU options, before JAX starts its backends."""
+
+from __future__ import annotations
+
+import mmap
+import os
+from pathlib import Path
+
+from zoo.registry import ZooError
+
+ACCELERATORS = ("auto", "cpu", "gpu", "tpu")
+_JAX_PLATFORM = {"cpu": "cpu", "gpu": "cuda,rocm", "tpu": "tpu"}
+_INSTALL_HINT = {
+    "gpu": "install JAX with GPU support (pip install -e '.[cuda]', i.e. jax[cuda12]) on a machine with an NVIDIA GPU",
+    "tpu": "run on a Cloud TPU VM with JAX's TPU support installed (pip install -e '.[tpu]', i.e. jax[tpu])",
+    "cpu": "check the JAX installation",
+}
+
+# XLA's CPU backend sends 3x3 convolutions through YNNPACK, which measured about 2x slower than its
+# Eigen path on this project's benchmarks (see README, "Performance"); this flag restores Eigen for
+# convolutions only. It is experimental: an XLA that does not know a flag in XLA_FLAGS aborts the
+# process, so it is only added when the installed jaxlib's library contains the flag's name.
+CPU_XLA_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",)
+
+
+def _jaxlib_binary() -> Path | None:
+  import importlib.util
+
+  spec = importlib.util.find_spec("jaxlib")
+  if spec is None or not spec.submodule_search_locations:
+    return None
+  libs = sorted(Path(spec.submodule_search_locations[0]).glob("*.so"), key=lambda p: p.stat().st_size)
+  return libs[-1] if libs else None  # The big one holds XLA and its flag definitions.
+
+
+def _binary_knows(flag_name: str) -> bool:
+  lib = _jaxlib_binary()
+  if lib is None:
+    return False
+  with open(lib, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+    return m.find(flag_name.encode()) != -1
+
+
+def configure_xla_cpu_flags(flags: tuple[str, ...] = CPU_XLA_FLAGS) -> list[str]:
+  """Adds the supported `flags` to $XLA_FLAGS (unless already set or ZOO_NO_XLA_FLAGS=1); returns those added.
+
+  Must run before JAX initialises its backends (importing `zoo` does it); later it has no effect.
+  """
+  if os.environ.get("ZOO_NO_XLA_FLAGS") == "1":
+    return []
+  current = os.environ.get("XLA_FLAGS", "")
+  added = []
+  for flag in flags:
+    name = flag.lstrip("-").split("=")[0]
+    if name in current:
+      continue
+    try:
+      known = _binary_knows(name)
+    except OSError:
+      known = False
+    if known:
+      added.append(flag)
+  if added:
+    os.environ["XLA_FLAGS"] = " ".join([current, *added]).strip()
+  return added
+
+
+def select_accelerator(name: str = "auto") -> str:
+  """Makes JAX use the platform `name` (auto|cpu|gpu|tpu) and returns the platform in use.
+
+  Fails at once, with a clear message, when the platform is absent.
+  """
+  import jax
+
+  if name not in ACCELERATORS:
+    raise ZooError(f"unknown accelerator {name!r}; choose one of {', '.join(ACCELERATORS)}")
+  if name != "auto":
+    try:
+      jax.config.update("jax_platforms", _JAX_PLATFORM[name])
+    except Exception:  # noqa: BLE001 - backends already initialised; checked below.
+      pass
+  try:
+    backend = jax.default_backend()
+  except RuntimeError as e:
+    raise ZooError(
+        f"--accelerator {name}: JAX found no {name.upper()} here ({str(e).splitlines()[0]}); "
+        f"{_INSTALL_HINT[name]}, or use --accelerator cpu."
+    ) from None
+  wanted = {"gpu": ("gpu", "cuda", "rocm"), "tpu": ("tpu",), "cpu": ("cpu",)}.get(name)
+  if wanted and backend not in wanted:
+    raise ZooError(
+        f"--accelerator {name}: JAX is already running on {backend!r} in this process; "
+        f"choose the accelerator before any JAX computation (restart the notebook kernel)."
+    )
+  return backend
