@@ -1,0 +1,24 @@
+"""python train.py --config mnist_lenet5  # MNIST test accuracy 0.990+ after 10 epochs
+
+LeNet-5 (LeCun et al. 1998) on MNIST padded to 32x32, AdamW with a warmup-cosine schedule.
+"""
+
+from zoo.config import Config
+
+
+def get_config(smoke: bool = False) -> Config:
+  c = Config()
+  c.model.name = "lenet5"
+  c.data.name = "mnist"
+  c.data.batch_size = 128
+  c.optimizer.name = "adamw"
+  c.optimizer.learning_rate = 2e-3
+  c.optimizer.weight_decay = 1e-4
+  c.schedule.name = "warmup_cosine"
+  c.schedule.kwargs = dict(warmup_epochs=0.5)
+  c.epochs = 10
+  if smoke:
+    c.steps = 3
+    c.data.max_train_examples = 512
+    c.data.max_test_examples = 256
+  return c

@@ -1,0 +1,263 @@
+"""Tests of the model registry and every registered model (parametrised over `list_models()`)."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from zoo.models import ACTIVATIONS, MODELS, create_model, get_activation, list_models, register_model
+from zoo.models.layers import avg_pool, max_pool
+from zoo.registry import UnknownNameError, ZooError
+
+# Every model takes (2, 28, 28, 1) unless listed here.
+EXAMPLE_SHAPES: dict[str, tuple[int, ...]] = {}
+# Extra override sets, so that optional paths (BatchNorm, dropout, max-pool) are tested too.
+EXTRA_CASES = [
+  ("mlp", {"hidden_sizes": (16, 8), "batch_norm": True, "dropout": 0.1, "activation": "selu"}),
+  ("mnist_cnn", {"dropout": 0.5}),
+  ("lenet5", {"pool": "max", "activation": "relu"}),
+]
+CASES = [(name, {}) for name in list_models()] + EXTRA_CASES
+IDS = [name + "".join(f"-{k}={v}" for k, v in kw.items()) for name, kw in CASES]
+PINNED_PARAMS = {"mnist_cnn": 693_962, "lenet5": 61_706}
+NUM_CLASSES = 7  # Not the default 10, so that the trainer's override is seen to work.
+
+
+def example_input(name: str, seed: int = 0) -> jax.Array:
+  return jax.random.normal(jax.random.key(seed), EXAMPLE_SHAPES.get(name, (2, 28, 28, 1)), jnp.float32)
+
+
+def init(model: nn.Module, x: jax.Array) -> dict:
+  return model.init({"params": jax.random.key(1), "dropout": jax.random.key(2)}, x)
+
+
+def jit_init(model: nn.Module, x: jax.Array) -> dict:
+  return jax.jit(init, static_argnums=0)(model, x)  # Compiled: much faster than op-by-op for the CNNs.
+
+
+def count_params(model: nn.Module, x: jax.Array) -> int:
+  shapes = jax.eval_shape(lambda: init(model, x))["params"]  # Shapes only: nothing is allocated.
+  return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(shapes))
+
+
+@pytest.fixture(scope="module", params=CASES, ids=IDS)  # Modules and variables are immutable.
+def case(request):
+  name, kw = request.param
+  model = create_model(name, num_classes=NUM_CLASSES, **kw)
+  x = example_input(name)
+  return model, x, jit_init(model, x)
+
+
+def test_forward_shape_dtype_finite(case):
+  model, x, variables = case
+  assert set(variables) <= {"params", "batch_stats"}
+  logits = model.apply(variables, x)
+  assert logits.shape == (x.shape[0], NUM_CLASSES)
+  assert logits.dtype == jnp.float32
+  assert bool(jnp.all(jnp.isfinite(logits)))
+
+
+def test_every_parameter_gets_a_gradient(case):
+  model, x, variables = case
+  params, state = variables["params"], {k: v for k, v in variables.items() if k != "params"}
+  weights = jax.random.normal(jax.random.key(3), (x.shape[0], NUM_CLASSES))
+
+  def loss(p):
+    logits, _ = model.apply(
+      {"params": p, **state}, x, train=True, rngs={"dropout": jax.random.key(4)}, mutable=["batch_stats"]
+    )
+    return jnp.sum(logits * weights)
+
+  grads = jax.jit(jax.grad(loss))(params)
+  for path, g in jax.tree_util.tree_leaves_with_path(grads):
+    assert bool(jnp.all(jnp.isfinite(g))), jax.tree_util.keystr(path)
+    assert bool(jnp.any(g != 0)), f"no gradient reaches {jax.tree_util.keystr(path)}"
+
+
+def test_jit_equals_no_jit(case):
+  model, x, variables = case
+  eager = model.apply(variables, x)
+  compiled = jax.jit(model.apply)(variables, x)
+  np.testing.assert_allclose(compiled, eager, rtol=1e-4, atol=1e-4)
+
+
+def test_eval_mode_is_per_example(case):
+  # In eval mode BatchNorm uses running statistics, so an example's logits do not depend on its batch.
+  model, x, variables = case
+  np.testing.assert_allclose(
+    model.apply(variables, x[:1]), model.apply(variables, x)[:1], rtol=1e-4, atol=1e-4
+  )
+
+
+def test_batch_stats_move_in_train_mode_only(case):
+  model, x, variables = case
+  if "batch_stats" not in variables:
+    _, updates = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(0)}, mutable=True)
+    assert set(updates) == {"params"}  # Writes no other collection.
+    return
+  old = variables["batch_stats"]
+  _, eval_updates = model.apply(variables, x, train=False, mutable=["batch_stats"])
+  jax.tree.map(np.testing.assert_array_equal, eval_updates["batch_stats"], old)
+  _, train_updates = model.apply(
+    variables, x, train=True, rngs={"dropout": jax.random.key(0)}, mutable=["batch_stats"]
+  )
+  for new_leaf, old_leaf in zip(
+    jax.tree.leaves(train_updates["batch_stats"]), jax.tree.leaves(old), strict=True
+  ):
+    assert not np.allclose(new_leaf, old_leaf)
+
+
+def test_dropout_only_in_train_mode(case):
+  model, x, variables = case
+  if getattr(model, "dropout", 0.0) == 0.0:
+    pytest.skip("no dropout")
+  np.testing.assert_array_equal(model.apply(variables, x), model.apply(variables, x))  # No rng needed.
+  a, b = (
+    model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(s)}, mutable=["batch_stats"])[0]
+    for s in (0, 1)
+  )
+  assert not np.allclose(a, b)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_reduced_precision_compute_keeps_float32_params_and_logits(name):
+  model = create_model(name, dtype=jnp.bfloat16)
+  x = example_input(name)
+  variables = jax.eval_shape(lambda: init(model, x))
+  assert {leaf.dtype for leaf in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
+  assert jax.eval_shape(model.apply, variables, x).dtype == jnp.float32
+
+
+@pytest.mark.parametrize("name,count", sorted(PINNED_PARAMS.items()))
+def test_pinned_parameter_counts(name, count):
+  assert count_params(create_model(name), example_input(name)) == count
+  if name == "mnist_cnn":  # Dropout adds no parameters.
+    assert count_params(create_model(name, dropout=0.5), example_input(name)) == count
+  if name == "lenet5":  # 28x28 inputs are padded to the paper's 32x32; 32x32 inputs are not.
+    assert count_params(create_model(name), jnp.zeros((2, 32, 32, 1))) == count
+
+
+# ---------------------------------------------------------------------------------------------------
+# The registry and create_model's checks.
+
+
+def test_registry_lists_the_first_models():
+  assert {"mlp", "mnist_cnn", "lenet5", "bn_cnn"} <= set(list_models())
+  assert "mnist_cnn" in list_models("mnist*") and all(n.startswith("mnist") for n in list_models("mnist*"))
+  cnns = list_models("cnn")  # A bare word matches as a substring.
+  assert {"bn_cnn", "mnist_cnn"} <= set(cnns) and all("cnn" in n for n in cnns)
+
+
+def test_unknown_model_suggests_close_names():
+  with pytest.raises(UnknownNameError, match=r"unknown model 'mpl'; did you mean: mlp"):
+    create_model("mpl")
+
+
+def test_unknown_field_names_it_and_suggests():
+  with pytest.raises(ZooError, match=r"model 'mlp' has no field 'hiden_sizes'; did you mean: hidden_sizes\?"):
+    create_model("mlp", hiden_sizes=(10,))
+
+
+@pytest.mark.parametrize(
+  "key,value",
+  [
+    ("hidden_sizes", "abc"),
+    ("dropout", "high"),
+    ("batch_norm", 1),
+    ("num_classes", 2.5),
+    ("hidden_sizes", (1.5,)),
+  ],
+)
+def test_wrong_type_is_a_zoo_error(key, value):
+  with pytest.raises(ZooError, match=key):
+    create_model("mlp", **{key: value})
+
+
+def test_overrides_are_converted():
+  model = create_model("mlp", hidden_sizes=[8, 4], dropout=0)
+  assert model.hidden_sizes == (8, 4) and isinstance(model.dropout, float)
+
+
+def test_bad_choices_fail_when_the_model_is_built():
+  with pytest.raises(UnknownNameError, match="relu"):
+    create_model("mlp", activation="rleu")
+  with pytest.raises(UnknownNameError, match="tanh"):
+    create_model("lenet5", activation="tahn")
+  with pytest.raises(ZooError, match="pool"):
+    create_model("lenet5", pool="min")
+
+
+def test_duplicate_registration_raises():
+  def mlp(**kw):  # Same name as the registered MLP.
+    raise AssertionError("never called")
+
+  with pytest.raises(ValueError, match="already registered"):
+    register_model(mlp)
+  assert MODELS.get("mlp") is not mlp
+
+
+# ---------------------------------------------------------------------------------------------------
+# Layers.
+
+ACTIVATION_NAMES = [
+  "relu",
+  "leaky_relu",
+  "elu",
+  "selu",
+  "gelu",
+  "swish",
+  "silu",
+  "mish",
+  "tanh",
+  "sigmoid",
+  "linear",
+]
+
+
+@pytest.mark.parametrize("name", ACTIVATION_NAMES)
+def test_activations_are_registered_and_finite(name):
+  assert name in ACTIVATIONS
+  x = jnp.linspace(-30.0, 30.0, 101)
+  y = get_activation(name)(x)
+  assert y.shape == x.shape and bool(jnp.all(jnp.isfinite(y)))
+  assert bool(jnp.all(jnp.isfinite(jax.vmap(jax.grad(get_activation(name)))(x))))
+
+
+def test_activation_values():
+  x = jnp.array([-2.0, -1.0, 0.5, 3.0])
+  np.testing.assert_allclose(get_activation("leaky_relu")(x), [-0.02, -0.01, 0.5, 3.0], rtol=1e-6)
+  np.testing.assert_allclose(get_activation("linear")(x), x)
+  np.testing.assert_allclose(get_activation("swish")(x), x * jax.nn.sigmoid(x), rtol=1e-6)
+  tanh_gelu = 0.5 * x * (1 + jnp.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
+  np.testing.assert_allclose(get_activation("gelu")(x), tanh_gelu, rtol=1e-6)
+  np.testing.assert_allclose(get_activation("mish")(x), x * jnp.tanh(jax.nn.softplus(x)), rtol=1e-6)
+  with pytest.raises(UnknownNameError, match="did you mean: selu"):
+    get_activation("selo")
+
+
+@pytest.mark.parametrize(
+  "activation,variance",
+  [("relu", lambda i, o: 2 / i), ("selu", lambda i, o: 1 / i), ("tanh", lambda i, o: 2 / (i + o))],
+)
+def test_initialisation_matches_the_activation(activation, variance):
+  model = create_model("mlp", hidden_sizes=(256,), activation=activation)
+  kernel = jit_init(model, jnp.zeros((1, 784)))["params"]["Dense_0"]["kernel"]
+  np.testing.assert_allclose(jnp.var(kernel), variance(784, 256), rtol=0.05)
+
+
+@pytest.mark.parametrize(
+  "shape,window", [((2, 8, 8, 3), 2), ((3, 7, 9, 2), 2), ((1, 11, 10, 4), 3), ((4, 5, 1), 2)]
+)
+def test_pools_equal_flax_valid_pools(shape, window):
+  x = jax.random.normal(jax.random.key(0), shape)
+  w = (window, window)
+  np.testing.assert_allclose(max_pool(x, window), nn.max_pool(x, w, strides=w, padding="VALID"))
+  np.testing.assert_allclose(avg_pool(x, window), nn.avg_pool(x, w, strides=w, padding="VALID"), atol=1e-6)
+  # Without ties (random floats), the max's gradient picks the same element.
+  cot = jax.random.normal(jax.random.key(1), max_pool(x, window).shape)
+  grad_ours = jax.grad(lambda x: jnp.sum(max_pool(x, window) * cot))(x)
+  grad_flax = jax.grad(lambda x: jnp.sum(nn.max_pool(x, w, strides=w, padding="VALID") * cot))(x)
+  np.testing.assert_allclose(grad_ours, grad_flax)

@@ -1,0 +1,112 @@
+"""The trainer end to end on small data: learning, resuming, compiling once, failing clearly."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+import zoo.train.loop as loop
+from zoo.registry import ZooError
+from zoo.train import NonFiniteLossError, train_and_evaluate
+
+
+def _leaves_equal(a, b) -> bool:
+  return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+
+
+def test_trains_and_writes_the_workdir(tiny_config, tmp_path):
+  config = tiny_config(epochs=4)
+  result = train_and_evaluate(config, tmp_path, progress=False)
+  assert result["test"]["accuracy"] > 0.8  # Synthetic classes are separable: chance is 0.1.
+  assert result["step"] == 4 * (256 // 32)
+  saved = json.loads((tmp_path / "config.json").read_text())
+  assert saved["model"]["kwargs"]["hidden_sizes"] == [32]
+  records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  train = [r for r in records if r["split"] == "train"]
+  assert {"loss", "accuracy", "grad_norm", "learning_rate", "steps_per_sec"} <= set(train[0])
+  assert train[-1]["loss"] < train[0]["loss"]
+  assert [r["step"] for r in records if r["split"] == "test"] == [8, 16, 24, 32]
+  assert (tmp_path / "curves.png").stat().st_size > 1000
+  assert any((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+  assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())[-1] == 32
+
+
+def test_train_step_compiles_once(tiny_config, tmp_path, monkeypatch):
+  steps = []
+  real = loop.make_train_step
+  monkeypatch.setattr(loop, "make_train_step", lambda *a, **k: steps.append(real(*a, **k)) or steps[-1])
+  train_and_evaluate(tiny_config(epochs=3), tmp_path, progress=False)
+  assert steps[0].traces() == 1
+
+
+def test_killed_run_resumes_to_the_same_parameters(tiny_config, tmp_path, monkeypatch):
+  config = tiny_config(epochs=3, model__kwargs={"hidden_sizes": (32,), "dropout": 0.2})
+  config.schedule.name = "cosine"  # Depends on the step: a resume must restore it exactly.
+  full = train_and_evaluate(config, tmp_path / "full", progress=False)
+
+  real = loop.make_train_step
+
+  def dies_after_12_steps(*args, **kwargs):
+    step = real(*args, **kwargs)
+    calls = []
+
+    def wrapped(*a):
+      if len(calls) == 12:
+        raise KeyboardInterrupt  # Killed between steps 12 and 13; the last checkpoint is step 10.
+      calls.append(1)
+      return step(*a)
+
+    return wrapped
+
+  monkeypatch.setattr(loop, "make_train_step", dies_after_12_steps)
+  with pytest.raises(KeyboardInterrupt):
+    train_and_evaluate(config, tmp_path / "killed", progress=False)
+  monkeypatch.setattr(loop, "make_train_step", real)
+  resumed = train_and_evaluate(config, tmp_path / "killed", progress=False)
+  assert _leaves_equal(full["state"].params, resumed["state"].params)
+  assert _leaves_equal(full["state"].opt_state, resumed["state"].opt_state)
+  records = [json.loads(x) for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+  steps = [r["step"] for r in records if r["split"] == "train"]
+  assert steps == sorted(steps) and len(steps) == len(set(steps))  # Replayed steps are not logged twice.
+
+
+def test_rerunning_a_finished_run_reports_without_training(tiny_config, tmp_path):
+  config = tiny_config()
+  first = train_and_evaluate(config, tmp_path, progress=False)
+  again = train_and_evaluate(config, tmp_path, progress=False)
+  assert again["test"] == pytest.approx(first["test"])
+  assert _leaves_equal(first["state"].params, again["state"].params)
+
+
+def test_batch_norm_model_trains_and_checkpoints_its_statistics(tiny_config, tmp_path):
+  config = tiny_config(model__kwargs={"hidden_sizes": (16,), "batch_norm": True})
+  result = train_and_evaluate(config, tmp_path, progress=False)
+  assert "batch_stats" in result["state"].model_state
+  again = train_and_evaluate(config, tmp_path, progress=False)
+  assert _leaves_equal(result["state"].model_state, again["state"].model_state)
+
+
+def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_config, tmp_path):
+  config = tiny_config(epochs=3)
+  config.optimizer.name = "sgd"
+  config.optimizer.learning_rate = 1e30
+  with pytest.raises(NonFiniteLossError, match=r"became (nan|inf) at step \d+; .*last good checkpoint"):
+    train_and_evaluate(config, tmp_path, progress=False)
+  for ckpt in (tmp_path / "checkpoints").glob("[0-9]*"):
+    assert int(ckpt.name) < 24  # Nothing written after the loss went bad.
+
+
+def test_wrong_input_shape_is_a_clear_error(tiny_config, tmp_path):
+  config = tiny_config(data__name="synthetic_tabular", data__kwargs={"features": 16})
+  config.model.name = "mnist_cnn"  # A convolutional net given feature vectors.
+  config.model.kwargs = {}
+  with pytest.raises(ZooError, match=r"cannot take inputs of shape \(16,\)"):
+    train_and_evaluate(config, tmp_path, progress=False)
+
+
+def test_batch_larger_than_the_data_is_refused(tiny_config, tmp_path):
+  with pytest.raises(ZooError, match="batch_size=1000"):
+    train_and_evaluate(tiny_config(data__batch_size=1000), tmp_path, progress=False)

@@ -1,0 +1,62 @@
+"""Train a registered config: `python train.py --config NAME [--workdir DIR] [--config.KEY=VALUE ...]`.
+
+Every config field can be overridden with `--config.KEY=VALUE` (e.g. `--config.optimizer.learning_rate=3e-4
+--config.epochs=3`); values are Python literals checked against the field's type. `python -m zoo list`
+lists the configs, models, optimisers and schedules.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--config", default="digits_mlp", help="config name in configs/ (default: digits_mlp)")
+  parser.add_argument("--workdir", help="run directory (default: runs/<config>); rerunning resumes from it")
+  parser.add_argument("--data-dir", help="local dataset files (default: $ZOO_DATA_DIR, else download)")
+  parser.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu", "tpu"])
+  parser.add_argument("--smoke", action="store_true", help="the config's tiny variant, for a quick check")
+  parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+  args, rest = parser.parse_known_args(argv)
+  overrides, i = [], 0
+  while i < len(rest):  # `--config.a.b=v` or `--config.a.b v`
+    arg = rest[i]
+    if not arg.startswith("--config."):
+      parser.error(f"unrecognised argument {arg!r} (config overrides look like --config.epochs=3)")
+    if "=" not in arg and i + 1 < len(rest):
+      arg, i = f"{arg}={rest[i + 1]}", i + 1
+    overrides.append(arg.removeprefix("--config."))
+    i += 1
+  return args, overrides
+
+
+def main(argv: list[str] | None = None) -> int:
+  args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+  logging.basicConfig(level=logging.INFO, format="%(message)s")
+  for noisy in ("absl", "jax._src", "orbax"):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
+  import zoo
+
+  try:
+    zoo.select_accelerator(args.accelerator)
+    config = zoo.get_config(args.config, overrides, smoke=args.smoke)
+    if args.data_dir:
+      config.data.data_dir = args.data_dir
+    workdir = args.workdir or f"runs/{args.config}{'_smoke' if args.smoke else ''}"
+    result = zoo.train_and_evaluate(config, workdir, progress=not args.no_progress)
+  except zoo.ZooError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  except KeyboardInterrupt:
+    print("interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
+    return 130
+  metrics = ", ".join(f"{k} {v:.4f}" for k, v in result["test"].items())
+  print(f"{args.config}: test {metrics} after {result['step']} steps (workdir {workdir})")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

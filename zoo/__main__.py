@@ -1,0 +1,72 @@
+"""`python -m zoo list [KIND] [PATTERN]`: what the zoo holds (configs, models, optimizers, schedules, ...)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _catalogue():
+  import zoo
+  from zoo.models import ACTIVATIONS
+
+  return {
+      "configs": zoo.list_configs,
+      "models": zoo.list_models,
+      "optimizers": zoo.list_optimizers,
+      "schedules": zoo.list_schedules,
+      "datasets": zoo.list_datasets,
+      "tasks": zoo.list_tasks,
+      "activations": ACTIVATIONS.list,
+  }
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+  from zoo.config import describe_config
+
+  catalogue = _catalogue()
+  words = list(args.terms)
+  kinds = list(catalogue)
+  if words and words[0] in catalogue:
+    kinds = [words.pop(0)]
+  elif words and words[0].rstrip("s") + "s" in catalogue:
+    kinds = [words.pop(0).rstrip("s") + "s"]
+  pattern = words[0] if words else "*"
+  found = 0
+  for kind in kinds:
+    names = catalogue[kind](pattern)
+    found += len(names)
+    if not names and len(kinds) > 1:
+      continue
+    print(f"{kind} ({len(names)}):")
+    for name in names:
+      if kind == "configs":
+        first = describe_config(name).splitlines()[0] if describe_config(name) else ""
+        print(f"  {name:24s} {first}")
+      else:
+        print(f"  {name}")
+  if not found:
+    print(f"nothing matches {pattern!r}", file=sys.stderr)
+    return 1
+  return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m zoo", description=__doc__)
+  sub = parser.add_subparsers(dest="command", required=True)
+  p_list = sub.add_parser("list", help="list configs, models, optimizers, schedules, datasets, tasks")
+  p_list.add_argument("terms", nargs="*", metavar="[KIND] [PATTERN]",
+                      help="optional kind (configs, models, ...) then a pattern like 'mnist*' or a substring")
+  p_list.set_defaults(func=cmd_list)
+  args = parser.parse_args(argv)
+  from zoo.registry import ZooError
+
+  try:
+    return args.func(args)
+  except ZooError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+  sys.exit(main())

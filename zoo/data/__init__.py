@@ -1,0 +1,23 @@
+"""Datasets: loading by name, download with checksums and a cache, and input normalisation statistics."""
+
+from __future__ import annotations
+
+from zoo.data.datasets import (
+  DATASETS,
+  Dataset,
+  list_datasets,
+  load_dataset,
+  normalization_stats,
+  register_dataset,
+)
+from zoo.data.download import fetch
+
+__all__ = [
+  "DATASETS",
+  "Dataset",
+  "fetch",
+  "list_datasets",
+  "load_dataset",
+  "normalization_stats",
+  "register_dataset",
+]

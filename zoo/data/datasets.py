@@ -1,0 +1,273 @@
+"""Datasets by name (digits, MNIST, Fashion-MNIST, synthetic); normalisation fitted on the training split."""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import inspect
+import math
+import os
+import pathlib
+import typing
+from collections.abc import Callable
+
+import numpy as np
+
+from zoo.config import check_type
+from zoo.data.download import fetch, verify
+from zoo.data.idx import IMAGES_MAGIC, LABELS_MAGIC, read_idx
+from zoo.registry import Registry, ZooError, call_with_checked_kwargs
+
+
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)  # eq/hash by identity: fields are arrays.
+class Dataset:
+  """A classification dataset held in host memory, split into train and test.
+
+  Images are (N, H, W, C) uint8; tabular data is (N, D) float32 or uint8. Labels are (N,) int32.
+  `pixel_max` is the input value that 'scale' normalisation maps to 1.0.
+  """
+
+  name: str
+  x_train: np.ndarray
+  y_train: np.ndarray
+  x_test: np.ndarray
+  y_test: np.ndarray
+  num_classes: int
+  pixel_max: float
+
+  def __post_init__(self):
+    for x, y, split in ((self.x_train, self.y_train, "train"), (self.x_test, self.y_test, "test")):
+      if len(x) != len(y) or y.ndim != 1 or y.dtype != np.int32 or x.shape[1:] != self.x_train.shape[1:]:
+        raise ValueError(f"dataset {self.name!r}: inconsistent {split} split {x.shape} {y.shape} {y.dtype}")
+
+  @property
+  def input_shape(self) -> tuple[int, ...]:
+    return tuple(self.x_train.shape[1:])
+
+  def __repr__(self) -> str:
+    return (
+      f"Dataset({self.name!r}, train={self.x_train.shape} {self.x_train.dtype}, test={self.x_test.shape}, "
+      f"num_classes={self.num_classes}, pixel_max={self.pixel_max})"
+    )
+
+
+DATASETS: Registry[Callable[..., Dataset]] = Registry("dataset")
+
+
+def register_dataset(fn: Callable[..., Dataset]) -> Callable[..., Dataset]:
+  """Registers a loader under its function name; it returns a Dataset and may take a `data_dir` keyword."""
+  return DATASETS.register(fn)
+
+
+def list_datasets(pattern: str = "*") -> list[str]:
+  return DATASETS.list(pattern)
+
+
+def load_dataset(name: str, data_dir: str | None = None, **kwargs: typing.Any) -> Dataset:
+  """Loads the dataset `name` with the loader's `kwargs`.
+
+  Args:
+    name: a registered dataset (`list_datasets()`).
+    data_dir: a folder of local dataset files (default: $ZOO_DATA_DIR); else files are downloaded and cached.
+    **kwargs: the loader's arguments, checked by name and type.
+  """
+  fn = DATASETS.get(name)
+  try:
+    hints = typing.get_type_hints(fn)
+  except Exception:  # A loader with unresolvable annotations: its arguments go through unconverted.
+    hints = {}
+  kwargs = {k: check_type(v, hints[k], f"data.kwargs.{k}") if k in hints else v for k, v in kwargs.items()}
+  if "data_dir" in inspect.signature(fn).parameters:
+    kwargs["data_dir"] = data_dir or os.environ.get("ZOO_DATA_DIR") or None
+  return call_with_checked_kwargs("dataset", name, fn, kwargs)
+
+
+# --- normalisation ----------------------------------------------------------------------------------------
+
+NORMALIZATION_MODES = ("none", "scale", "channel", "feature")
+
+
+def normalization_stats(x_train: np.ndarray, mode: str, pixel_max: float) -> tuple[np.ndarray, np.ndarray]:
+  """The float32 (mean, std) that standardise inputs as `(x - mean) / std`, fitted on `x_train`.
+
+  Modes: 'none' -> (0, 1); 'scale' -> (0, pixel_max); 'channel' -> one mean/std per last-axis channel over
+  all training pixels, shaped (1, ..., 1, C) like one example; 'feature' -> one mean/std per input feature,
+  shaped like one example (as sklearn's StandardScaler). A constant channel or feature gets std 1.
+  """
+  if mode == "none":
+    return np.zeros((), np.float32), np.ones((), np.float32)
+  if mode == "scale":
+    if not pixel_max > 0:
+      raise ZooError(f"'scale' normalisation needs a positive pixel_max, got {pixel_max}")
+    return np.zeros((), np.float32), np.asarray(pixel_max, np.float32)
+  if mode not in NORMALIZATION_MODES:
+    raise ZooError(f"unknown normalisation {mode!r}; the modes are: {', '.join(NORMALIZATION_MODES)}")
+  if x_train.ndim < 2 or len(x_train) == 0:
+    raise ZooError(f"cannot fit {mode!r} normalisation on training inputs of shape {x_train.shape}")
+  axes = tuple(range(x_train.ndim - 1)) if mode == "channel" else (0,)
+  mean, std = _moments(x_train, axes)
+  std[std == 0] = 1.0
+  return mean[0].astype(np.float32), std[0].astype(np.float32)
+
+
+def _moments(x: np.ndarray, axes: tuple[int, ...], chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+  """Mean and population std over `axes` (kept as size 1), in float64, two passes over chunks of examples.
+
+  Chunks keep the float64 working copy small (all of MNIST in float64 is 376 MB); two passes avoid the
+  cancellation of E[x^2] - E[x]^2.
+  """
+  count = math.prod(x.shape[a] for a in axes)
+  starts = range(0, len(x), chunk)
+  mean = sum(np.sum(x[i : i + chunk], axis=axes, keepdims=True, dtype=np.float64) for i in starts) / count
+  sq = sum(np.sum((x[i : i + chunk] - mean) ** 2, axis=axes, keepdims=True) for i in starts)
+  return mean, np.sqrt(sq / count)
+
+
+# --- the datasets -----------------------------------------------------------------------------------------
+
+_DIGITS_PATH = pathlib.Path(__file__).with_name("digits.csv.gz")
+_DIGITS_SHA256 = "09f66e6debdee2cd2b5ae59e0d6abbb73fc2b0e0185d2e1957e9ebb51e23aa22"
+
+
+@register_dataset
+def digits(test_fraction: float = 0.2, seed: int = 42) -> Dataset:
+  """The 8x8 handwritten digits (1,797 images, values 0..16; the UCI optdigits test set as in scikit-learn).
+
+  Split into train and test with a stratified, seeded shuffle: `ceil(test_fraction * N)` test images
+  (360 for 0.2), each class contributing in proportion to its size.
+  """
+  if not 0 < test_fraction < 1:
+    raise ZooError(f"digits: test_fraction must be between 0 and 1 (exclusive), got {test_fraction}")
+  with gzip.open(verify(_DIGITS_PATH, _DIGITS_SHA256), "rt") as f:
+    table = np.loadtxt(f, delimiter=",", dtype=np.int64)
+  if table.shape != (1797, 65) or table.min() < 0 or table[:, :64].max() > 16 or table[:, 64].max() > 9:
+    raise ZooError(f"{_DIGITS_PATH} does not hold the 1,797 8x8 digits; reinstall the zoo package")
+  x = table[:, :64].astype(np.uint8).reshape(-1, 8, 8, 1)
+  y = table[:, 64].astype(np.int32)
+  test = stratified_test_indices(y, test_fraction, np.random.default_rng(seed))
+  train = np.setdiff1d(np.arange(len(y)), test)  # Both keep the file's order, in which classes are mixed.
+  return Dataset("digits", x[train], y[train], x[test], y[test], num_classes=10, pixel_max=16.0)
+
+
+def stratified_test_indices(y: np.ndarray, test_fraction: float, rng: np.random.Generator) -> np.ndarray:
+  """`ceil(test_fraction * len(y))` sorted indices, each class's share proportional to its size."""
+  classes, counts = np.unique(y, return_counts=True)
+  n_test = math.ceil(test_fraction * len(y))
+  quota = counts * n_test / len(y)
+  per_class = np.floor(quota).astype(int)
+  # Hand the seats left over to the largest remainders; a stable sort breaks ties by class order.
+  extra = np.argsort(-(quota - per_class), kind="stable")[: n_test - per_class.sum()]
+  per_class[extra] += 1
+  if np.any(per_class >= counts) or np.any(per_class == 0):
+    raise ZooError(f"test_fraction={test_fraction} leaves some class with no train or no test examples")
+  picks = [rng.permutation(np.flatnonzero(y == c))[:k] for c, k in zip(classes, per_class, strict=True)]
+  return np.sort(np.concatenate(picks))
+
+
+_MNIST_URLS = (  # Mirrors first: the original site often answers HTTP 403 now.
+  "https://ossci-datasets.s3.amazonaws.com/mnist/",  # torchvision's mirror
+  "https://storage.googleapis.com/cvdf-datasets/mnist/",  # TFDS's mirror
+  "http://yann.lecun.com/exdb/mnist/",
+)
+_MNIST_SHA256 = {
+  "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+  "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+  "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+  "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+}
+_FASHION_URLS = (
+  "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+  "https://github.com/zalandoresearch/fashion-mnist/raw/master/data/fashion/",
+)
+_FASHION_SHA256 = {
+  "train-images-idx3-ubyte.gz": "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+  "train-labels-idx1-ubyte.gz": "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+  "t10k-images-idx3-ubyte.gz": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+  "t10k-labels-idx1-ubyte.gz": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+}
+
+
+def _load_idx(name: str, urls: tuple[str, ...], sha256: dict[str, str], data_dir: str | None) -> Dataset:
+  def split(prefix: str) -> tuple[np.ndarray, np.ndarray]:
+    paths = {}
+    for kind in ("images-idx3", "labels-idx1"):
+      file = f"{prefix}-{kind}-ubyte.gz"
+      paths[kind] = fetch(f"{name}/{file}", [u + file for u in urls], sha256[file], data_dir=data_dir)
+    images = read_idx(paths["images-idx3"], magic=IMAGES_MAGIC)
+    labels = read_idx(paths["labels-idx1"], magic=LABELS_MAGIC)
+    if images.shape[1:] != (28, 28) or len(images) != len(labels) or labels.max(initial=0) > 9:
+      raise ZooError(
+        f"{paths['images-idx3']} and {paths['labels-idx1']} do not form a {name} split: "
+        f"images {images.shape}, labels {labels.shape} with largest label {labels.max(initial=0)}"
+      )
+    return images[..., None], labels.astype(np.int32)
+
+  (x_train, y_train), (x_test, y_test) = split("train"), split("t10k")
+  return Dataset(name, x_train, y_train, x_test, y_test, num_classes=10, pixel_max=255.0)
+
+
+@register_dataset
+def mnist(*, data_dir: str | None = None) -> Dataset:
+  """MNIST (LeCun et al., 1998): 60,000 + 10,000 handwritten digits, 28x28 grey."""
+  return _load_idx("mnist", _MNIST_URLS, _MNIST_SHA256, data_dir)
+
+
+@register_dataset
+def fashion_mnist(*, data_dir: str | None = None) -> Dataset:
+  """Fashion-MNIST (Xiao et al., 2017): 60,000 + 10,000 Zalando article images, 28x28 grey, 10 classes."""
+  return _load_idx("fashion_mnist", _FASHION_URLS, _FASHION_SHA256, data_dir)
+
+
+def _check_positive(dataset: str, **values: int) -> None:
+  for key, value in values.items():
+    if value < 1:
+      raise ZooError(f"{dataset}: {key} must be at least 1, got {value}")
+
+
+def _balanced_labels(n: int, num_classes: int, rng: np.random.Generator) -> np.ndarray:
+  return rng.permutation(np.arange(n) % num_classes).astype(np.int32)
+
+
+@register_dataset
+def synthetic_images(
+  n_train: int = 512,
+  n_test: int = 128,
+  image_size: int = 28,
+  channels: int = 1,
+  num_classes: int = 10,
+  seed: int = 0,
+) -> Dataset:
+  """Learnable generated images for tests: each class a fixed random template plus Gaussian noise (uint8)."""
+  sizes = dict(
+    n_train=n_train, n_test=n_test, image_size=image_size, channels=channels, num_classes=num_classes
+  )
+  _check_positive("synthetic_images", **sizes)
+  rng = np.random.default_rng(seed)
+  templates = rng.uniform(0, 255, (num_classes, image_size, image_size, channels))
+
+  def sample(n: int) -> tuple[np.ndarray, np.ndarray]:
+    y = _balanced_labels(n, num_classes, rng)
+    # Noise comparable to the templates' spread: a model must learn, a nearest-template rule still wins.
+    x = templates[y] + rng.normal(0, 48, (n, image_size, image_size, channels))
+    return np.clip(np.round(x), 0, 255).astype(np.uint8), y
+
+  (x_train, y_train), (x_test, y_test) = sample(n_train), sample(n_test)
+  return Dataset("synthetic_images", x_train, y_train, x_test, y_test, num_classes, pixel_max=255.0)
+
+
+@register_dataset
+def synthetic_tabular(
+  n_train: int = 512, n_test: int = 128, features: int = 16, num_classes: int = 3, seed: int = 0
+) -> Dataset:
+  """Learnable generated tabular data for tests: Gaussian blobs of unit spread around random class centres."""
+  sizes = dict(n_train=n_train, n_test=n_test, features=features, num_classes=num_classes)
+  _check_positive("synthetic_tabular", **sizes)
+  rng = np.random.default_rng(seed)
+  centres = rng.normal(0, 1, (num_classes, features))
+
+  def sample(n: int) -> tuple[np.ndarray, np.ndarray]:
+    y = _balanced_labels(n, num_classes, rng)
+    return (centres[y] + rng.normal(0, 1, (n, features))).astype(np.float32), y
+
+  (x_train, y_train), (x_test, y_test) = sample(n_train), sample(n_test)
+  return Dataset("synthetic_tabular", x_train, y_train, x_test, y_test, num_classes, pixel_max=1.0)

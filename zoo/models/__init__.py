@@ -1,0 +1,72 @@
+"""The model registry: `create_model(name, **overrides)` builds a registered module, fields checked."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+
+from zoo.config import check_type
+from zoo.models.layers import ACTIVATIONS, get_activation
+from zoo.registry import Registry, ZooError, close_matches
+
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
+
+_NOT_FIELDS = ("parent", "name")  # Flax's own dataclass fields, not the model's.
+
+
+def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+  """Registers a variant function (`**overrides -> module`) under its `__name__`; a duplicate name raises."""
+  return MODELS.register(fn)
+
+
+def list_models(pattern: str = "*") -> list[str]:
+  """Registered model names matching a shell-style pattern (or containing it as a substring), sorted."""
+  return MODELS.list(pattern)
+
+
+def model_fields(name: str) -> dict[str, Any]:
+  """The fields of model `name`'s module, in declaration order, with their type annotations."""
+  module = MODELS.get(name)()
+  hints = typing.get_type_hints(type(module))
+  return {f.name: hints[f.name] for f in dataclasses.fields(module) if f.init and f.name not in _NOT_FIELDS}
+
+
+def create_model(name: str, **overrides: Any) -> nn.Module:
+  """Builds model `name` with `overrides` of its module's fields.
+
+  Every override is checked against the field's type annotation first (and converted: a list becomes a
+  tuple, an int a float), so a misspelt or mistyped key fails here with a ZooError naming it.
+
+  Args:
+    name: a registered model name (see `list_models()`).
+    **overrides: module fields, e.g. `hidden_sizes=(256, 128)`, `num_classes=100`.
+  """
+  fn = MODELS.get(name)
+  fields = model_fields(name)
+  checked = {}
+  for key, value in overrides.items():
+    if key not in fields:
+      matches = close_matches(key, list(fields))
+      hint = f"did you mean: {', '.join(matches)}?" if matches else f"its fields: {', '.join(fields)}"
+      raise ZooError(f"model {name!r} has no field {key!r}; {hint}")
+    checked[key] = check_type(value, fields[key], f"model.kwargs.{key}")
+  return fn(**checked)
+
+
+# The family files register their variants on import; they import `register_model` from this
+# (partially initialised) module, so these imports must come after its definition.
+from zoo.models import cnn, mlp  # noqa: E402, F401
+
+__all__ = [
+  "ACTIVATIONS",
+  "MODELS",
+  "create_model",
+  "get_activation",
+  "list_models",
+  "model_fields",
+  "register_model",
+]

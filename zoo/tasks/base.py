@@ -1,0 +1,26 @@
+"""The interface every task implements."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+
+Batch = dict[str, jax.Array]
+
+
+class Task:
+  """What is learned from a batch: the loss and the metrics.
+
+  A batch is a dict of arrays with a leading batch axis; `batch["mask"]` (float, 1 for real examples,
+  0 for padding) is present in evaluation batches. Subclasses implement `loss` and `eval_metrics`.
+  """
+
+  def loss(self, outputs: Any, batch: Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Mean training loss over the batch, and per-batch metrics (means) to log."""
+    raise NotImplementedError
+
+  def eval_metrics(self, outputs: Any, batch: Batch) -> dict[str, jax.Array]:
+    """Metric *sums* over the batch's real examples (masked); the trainer adds them up and divides by
+    the summed `count`."""
+    raise NotImplementedError

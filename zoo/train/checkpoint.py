@@ -1,0 +1,48 @@
+"""Checkpoints with Orbax: written every N steps and at the end, the newest few kept, resumed automatically."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+
+class Checkpointer:
+  """A thin wrapper over `ocp.CheckpointManager` for one pytree (the TrainState).
+
+  Orbax writes each checkpoint into a temporary directory and renames it once complete, so a run killed
+  while writing never leaves a half-written checkpoint that looks complete.
+  """
+
+  def __init__(self, directory: str | Path, *, keep: int = 3):
+    self.directory = Path(directory).resolve()
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True)
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self._manager.all_steps())
+
+  def save(self, step: int, state: Any) -> None:
+    """Starts writing `state` as checkpoint `step` (asynchronously; `wait` or `close` to finish)."""
+    self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+
+  def restore(self, target: Any, step: int | None = None) -> Any:
+    """Restores checkpoint `step` (default: the newest) into the structure, dtypes and shardings of `target`."""
+    step = self.latest_step() if step is None else step
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()

@@ -1,0 +1,238 @@
+"""The training loop: `train_and_evaluate(config, workdir)`, used by train.py and notebooks alike."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from zoo import config as config_lib
+from zoo.data import Dataset, load_dataset, normalization_stats
+from zoo.models import create_model
+from zoo.optim import create_optimizer, create_schedule
+from zoo.registry import ZooError
+from zoo.tasks import create_task
+from zoo.train.checkpoint import Checkpointer
+from zoo.train.state import TrainState, count_params, create_train_state
+from zoo.train.steps import make_eval_fn, make_train_step, normalizer
+from zoo.train.writers import MetricWriter
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(ZooError):
+  """The training loss became NaN or infinite."""
+
+
+@dataclasses.dataclass
+class Experiment:
+  """Everything built from a config before the first step (also handy in notebooks and benchmarks)."""
+
+  config: config_lib.Config
+  dataset: Dataset
+  model: Any
+  task: Any
+  tx: Any
+  schedule: Any
+  steps_per_epoch: int
+  total_steps: int
+  mean: np.ndarray
+  std: np.ndarray
+
+  @property
+  def preprocess(self):
+    return normalizer(self.mean, self.std)
+
+
+def build(config: config_lib.Config, dataset: Dataset | None = None) -> Experiment:
+  """Builds the dataset, model, task, schedule and optimiser that `config` names."""
+  dataset = dataset or load_dataset(config.data.name, data_dir=config.data.data_dir, **config.data.kwargs)
+  dataset = dataclasses.replace(
+      dataset,
+      x_train=dataset.x_train[: config.data.max_train_examples],
+      y_train=dataset.y_train[: config.data.max_train_examples],
+      x_test=dataset.x_test[: config.data.max_test_examples],
+      y_test=dataset.y_test[: config.data.max_test_examples],
+  )
+  model_kwargs = dict(config.model.kwargs)
+  model_kwargs.setdefault("num_classes", dataset.num_classes)
+  model = create_model(config.model.name, **model_kwargs)
+  task = create_task(config.task.name, **config.task.kwargs)
+  n_train = len(dataset.x_train)
+  batch_size = config.data.batch_size
+  if not 0 < batch_size <= n_train:
+    raise ZooError(f"data.batch_size={batch_size} must be between 1 and the training set's size ({n_train})")
+  steps_per_epoch = n_train // batch_size  # The remainder is dropped: every step has a full batch.
+  total_steps = config.steps if config.steps is not None else config.epochs * steps_per_epoch
+  if total_steps <= 0:
+    raise ZooError(f"nothing to train: epochs={config.epochs}, steps={config.steps}")
+  schedule = create_schedule(config.schedule, config.optimizer.learning_rate, total_steps, steps_per_epoch)
+  tx = create_optimizer(config.optimizer, schedule)
+  mean, std = normalization_stats(dataset.x_train, config.data.normalization, dataset.pixel_max)
+  return Experiment(config, dataset, model, task, tx, schedule, steps_per_epoch, total_steps, mean, std)
+
+
+def epoch_permutation(data_rng: jax.Array, epoch: int | jax.Array, n: int) -> jax.Array:
+  """The order of the training examples in `epoch`: a function of (seed, epoch) only."""
+  return jax.random.permutation(jax.random.fold_in(data_rng, epoch), n)
+
+
+def eval_batches(x: np.ndarray, y: np.ndarray, batch_size: int) -> dict[str, jax.Array]:
+  """A split padded to whole batches and stacked as (num_batches, B, ...), with a mask for the padding."""
+  n = len(x)
+  batch_size = min(batch_size, n)
+  num_batches = math.ceil(n / batch_size)
+  pad = num_batches * batch_size - n
+  mask = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
+  x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
+  y = np.concatenate([y, np.zeros((pad, *y.shape[1:]), y.dtype)])
+  stack = lambda a: jnp.asarray(a.reshape(num_batches, batch_size, *a.shape[1:]))
+  return {"input": stack(x), "label": stack(y), "mask": stack(mask)}
+
+
+def _summarise(totals: dict[str, Any]) -> dict[str, float]:
+  totals = jax.device_get(totals)
+  count = float(totals.pop("count"))
+  return {k: float(v) / count for k, v in totals.items()}
+
+
+def train_and_evaluate(
+    config: config_lib.Config, workdir: str | Path, *, progress: bool = True, dataset: Dataset | None = None
+) -> dict[str, Any]:
+  """Trains `config` in `workdir`, resuming from its newest checkpoint; returns the final metrics.
+
+  `workdir` receives config.json, metrics.jsonl, TensorBoard events (tensorboard/), curves.png and
+  checkpoints/. Progress goes to a tqdm bar (`progress=False` hides it) and to `logging`.
+  """
+  workdir = Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  exp = build(config, dataset)
+  cfg, ds = exp.config, exp.dataset
+
+  rng = jax.random.key(cfg.seed)
+  init_rng, data_rng, dropout_rng = jax.random.split(rng, 3)
+  example = jnp.asarray(exp.preprocess(ds.x_train[: cfg.data.batch_size]))
+  state = create_train_state(exp.model, exp.tx, example, init_rng)
+
+  checkpointer = Checkpointer(workdir / "checkpoints", keep=cfg.keep_checkpoints)
+  start_step = checkpointer.latest_step() or 0
+  if start_step:
+    state = checkpointer.restore(state, start_step)
+    log.info("resumed from the checkpoint of step %d in %s", start_step, checkpointer.directory)
+  _write_config(workdir, cfg)
+  writer = MetricWriter(workdir, resume_step=start_step)
+  log.info("%s: %s parameters, %d steps (%d per epoch)", cfg.model.name, f"{count_params(state.params):,}",
+           exp.total_steps, exp.steps_per_epoch)
+
+  train_data = {"input": jnp.asarray(ds.x_train), "label": jnp.asarray(ds.y_train)}
+  test_data = eval_batches(ds.x_test, ds.y_test, cfg.data.eval_batch_size)
+  train_step = make_train_step(exp.model, exp.tx, exp.task, exp.schedule, batch_size=cfg.data.batch_size,
+                               steps_per_epoch=exp.steps_per_epoch, preprocess=exp.preprocess)
+  evaluate = make_eval_fn(exp.model, exp.task, exp.preprocess)
+  n_train, spe = len(ds.x_train), exp.steps_per_epoch
+
+  pending: list[tuple[int, Any]] = []  # Metrics still on the device, read in one go at each log step.
+  last_saved = start_step
+  test_metrics: dict[str, float] = {}
+  bar = _progress_bar(exp.total_steps, start_step, progress)
+  interval_start = last_plot = time.perf_counter()
+
+  def flush(step: int) -> None:
+    """Reads the pending metrics (the device keeps running), logs their mean, checks they are finite."""
+    nonlocal interval_start
+    if not pending:
+      return
+    steps, values = zip(*pending, strict=True)
+    values = jax.device_get(values)
+    pending.clear()
+    for s, v in zip(steps, values, strict=True):
+      if not math.isfinite(float(v["loss"])):
+        checkpointer.wait()
+        raise NonFiniteLossError(
+            f"the training loss became {float(v['loss'])} at step {s}; the run stopped and the last good "
+            f"checkpoint (step {last_saved}) is kept in {checkpointer.directory}. Try a lower "
+            f"optimizer.learning_rate or gradient clipping (optimizer.grad_clip_norm=1.0)."
+        )
+    mean = {k: float(np.mean([v[k] for v in values])) for k in values[0]}
+    now = time.perf_counter()
+    mean["steps_per_sec"] = len(values) / max(now - interval_start, 1e-9)
+    interval_start = now
+    writer.write(step, "train", mean)
+    bar.set_postfix(loss=f"{mean['loss']:.4f}", **({"acc": f"{mean['accuracy']:.4f}"} if "accuracy" in mean else {}))
+
+  def save(step: int) -> None:
+    nonlocal last_saved
+    flush(step)  # Never checkpoint a state whose loss was not finite.
+    if step != last_saved:
+      checkpointer.save(step, state)
+      last_saved = step
+
+  perm = None
+  try:
+    for step in range(start_step, exp.total_steps):
+      epoch = step // spe
+      if perm is None or step % spe == 0:
+        perm = epoch_permutation(data_rng, epoch, n_train)
+      state, metrics = train_step(state, train_data, perm, dropout_rng)
+      pending.append((step + 1, metrics))
+      bar.update(1)
+      done = step + 1
+      if cfg.stop_on_nonfinite and done % cfg.log_every_steps == 0:
+        flush(done)
+      end_of_epoch = done % spe == 0
+      is_last = done == exp.total_steps
+      if (end_of_epoch and (done // spe) % cfg.eval_every_epochs == 0) or is_last:
+        flush(done)
+        test_metrics = _summarise(evaluate(state, test_data))
+        writer.write(done, "test", {"epoch": done / spe, **test_metrics})
+        bar.write(f"step {done} (epoch {done / spe:g}): test " +
+                  " ".join(f"{k} {v:.4f}" for k, v in test_metrics.items()))
+        if is_last or time.perf_counter() - last_plot > 60:  # A plot costs about a second.
+          writer.plot()
+          last_plot = time.perf_counter()
+        save(done)
+      elif done % cfg.checkpoint_every_steps == 0:
+        save(done)
+    if start_step >= exp.total_steps:  # Already finished: report the final evaluation again.
+      test_metrics = _summarise(evaluate(state, test_data))
+    flush(exp.total_steps)
+  finally:
+    bar.close()
+    checkpointer.close()
+    writer.close()
+  result = {"step": int(exp.total_steps), "test": test_metrics,
+            "train": next((r for r in reversed(writer.history) if r["split"] == "train"), {})}
+  (workdir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+  result["state"] = state
+  return result
+
+
+def _write_config(workdir: Path, cfg: config_lib.Config) -> None:
+  path = workdir / "config.json"
+  if path.exists():
+    try:
+      old = json.loads(path.read_text())
+    except json.JSONDecodeError:
+      old = None
+    new = config_lib.to_dict(cfg)
+    if old is not None and json.loads(json.dumps(new)) != old:
+      changed = [k for k in new if json.loads(json.dumps(new[k])) != old.get(k)]
+      log.warning("the config differs from the one saved in %s (sections: %s)", path, ", ".join(changed))
+  tmp = path.with_suffix(".json.tmp")
+  tmp.write_text(config_lib.to_json(cfg) + "\n")
+  tmp.replace(path)
+
+
+def _progress_bar(total: int, initial: int, enabled: bool):
+  from tqdm.auto import tqdm
+
+  return tqdm(total=total, initial=initial, unit="step", disable=not enabled, dynamic_ncols=True,
+              mininterval=0.5)

@@ -1,0 +1,65 @@
+"""The training state and its creation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from zoo.registry import ZooError
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a training run carries from step to step (and checkpoints).
+
+  `model_state` holds the model's non-parameter collections (BatchNorm's `batch_stats`); it is an
+  empty dict for models without any.
+  """
+
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  model_state: Any
+
+  def variables(self) -> dict[str, Any]:
+    return {"params": self.params, **self.model_state}
+
+
+def init_variables(model: nn.Module, example_input: jax.Array, rng: jax.Array) -> dict[str, Any]:
+  """`model.init` on one example batch, in eval mode."""
+  params_rng, dropout_rng = jax.random.split(rng)
+  return model.init({"params": params_rng, "dropout": dropout_rng}, example_input, train=False)
+
+
+def create_train_state(
+    model: nn.Module, tx: optax.GradientTransformation, example_input: jax.Array, rng: jax.Array
+) -> TrainState:
+  """Builds the state in one compiled call, after checking its shapes abstractly.
+
+  A model that cannot take inputs of `example_input`'s shape fails here, with a message naming both.
+  """
+
+  def init(rng):
+    variables = init_variables(model, example_input, rng)
+    params = variables.pop("params")
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      model_state=dict(variables))
+
+  try:
+    jax.eval_shape(init, rng)
+  except Exception as e:  # noqa: BLE001 - any failure here is the model rejecting the input's shape.
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise ZooError(
+        f"model {type(model).__name__} cannot take inputs of shape {tuple(example_input.shape[1:])} "
+        f"(batch of {example_input.shape[0]}): {type(e).__name__}: {first}"
+    ) from e
+  return jax.jit(init)(rng)
+
+
+def count_params(tree: Any) -> int:
+  return sum(int(x.size) for x in jax.tree.leaves(tree))

@@ -1,0 +1,106 @@
+"""The compiled training and evaluation steps."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from zoo.tasks import Task
+from zoo.train.state import TrainState
+
+Data = dict[str, jax.Array]  # Whole splits on the device: {"input": (N, ...), "label": (N,)}.
+
+
+def normalizer(mean: Any, std: Any) -> Callable[[jax.Array], jax.Array]:
+  """Float32 inputs standardised with statistics fitted on the training split."""
+  mean = jnp.asarray(mean, jnp.float32)
+  inv_std = 1.0 / jnp.asarray(std, jnp.float32)
+  # Statistics have one example's shape (or a broadcastable one); add the batch axis explicitly.
+  batched = lambda a: a[None] if a.ndim else a
+  return lambda x: (x.astype(jnp.float32) - batched(mean)) * batched(inv_std)
+
+
+def apply_model(model: nn.Module, state_vars: dict[str, Any], x: jax.Array, *, train: bool, rng=None):
+  """Runs the model; in training returns the updated non-parameter collections too."""
+  mutable = [k for k in state_vars if k != "params"] if train else []
+  rngs = {"dropout": rng} if rng is not None else None
+  if mutable:
+    return model.apply(state_vars, x, train=train, rngs=rngs, mutable=mutable)
+  return model.apply(state_vars, x, train=train, rngs=rngs), {}
+
+
+def make_train_step(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    task: Task,
+    schedule: optax.Schedule,
+    *,
+    batch_size: int,
+    steps_per_epoch: int,
+    preprocess: Callable[[jax.Array], jax.Array],
+) -> Callable:
+  """Returns `train_step(state, data, perm, rng) -> (state, metrics)`, jitted once, state donated.
+
+  The batch is gathered on the device: step `s` takes examples `perm[(s % steps_per_epoch) * B:][:B]`
+  of `data`, where `perm` is the epoch's permutation. Dropout's rng is `fold_in(rng, s)`, so the run is a
+  function of (seed, step) and a resumed run repeats an uninterrupted one exactly.
+  """
+
+  def train_step(state: TrainState, data: Data, perm: jax.Array, rng: jax.Array):
+    train_step.traces += 1  # Counts compilations (a Python side effect runs only when tracing).
+    offset = (state.step % steps_per_epoch) * batch_size
+    idx = jax.lax.dynamic_slice_in_dim(perm, offset, batch_size)
+    batch = {k: v[idx] for k, v in data.items()}
+    batch["input"] = preprocess(batch["input"])
+    step_rng = jax.random.fold_in(rng, state.step)
+
+    def loss_fn(params):
+      outputs, new_model_state = apply_model(
+          model, {"params": params, **state.model_state}, batch["input"], train=True, rng=step_rng
+      )
+      loss, metrics = task.loss(outputs, batch)
+      return loss, (metrics, new_model_state)
+
+    (_, (metrics, new_model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = dict(metrics, grad_norm=optax.tree.norm(grads), learning_rate=schedule(state.step))
+    new_state = state.replace(
+        step=state.step + 1, params=params, opt_state=opt_state, model_state=dict(new_model_state)
+    )
+    return new_state, metrics
+
+  train_step.traces = 0
+  jitted = jax.jit(train_step, donate_argnums=0)
+  jitted.traces = lambda: train_step.traces
+  return jitted
+
+
+def make_eval_fn(
+    model: nn.Module, task: Task, preprocess: Callable[[jax.Array], jax.Array]
+) -> Callable[[TrainState, Data], dict[str, jax.Array]]:
+  """Returns `evaluate(state, data) -> metric sums`, one compiled call over a whole split.
+
+  `data` holds batches stacked on a leading axis, (num_batches, B, ...), with a `mask` marking padding.
+  """
+
+  def batch_metrics(state: TrainState, batch: Data) -> dict[str, jax.Array]:
+    outputs, _ = apply_model(model, state.variables(), preprocess(batch["input"]), train=False)
+    return task.eval_metrics(outputs, batch)
+
+  @jax.jit
+  def evaluate(state: TrainState, data: Data) -> dict[str, jax.Array]:
+    def body(totals, batch):
+      return jax.tree.map(jnp.add, totals, batch_metrics(state, batch)), None
+
+    shapes = jax.eval_shape(batch_metrics, state, jax.tree.map(lambda x: x[0], data))
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    totals, _ = jax.lax.scan(body, zeros, data)
+    return totals
+
+  return evaluate
