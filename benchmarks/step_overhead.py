@@ -93,29 +93,32 @@ def main() -> None:
   dataset = exp.dataset
   zoo_rates, min_rates, flops = [], [], float("nan")
   for _ in range(args.repeats):
-    zoo_rates.append(zoo_steps_per_sec(zoo.get_config(args.config, args.overrides), args.steps,
-                                       args.log_every, dataset))
+    zoo_rates.append(
+      zoo_steps_per_sec(zoo.get_config(args.config, args.overrides), args.steps, args.log_every, dataset)
+    )
     rate, flops = minimal_steps_per_sec(exp, args.steps)
     min_rates.append(rate)
   batch = config.data.batch_size
   zoo_rate, min_rate = statistics.median(zoo_rates), statistics.median(min_rates)
   result = {
-      "config": args.config,
-      "device": jax.devices()[0].device_kind,
-      "batch_size": batch,
-      "zoo_ms_per_step": 1e3 / zoo_rate,
-      "minimal_ms_per_step": 1e3 / min_rate,
-      "zoo_examples_per_sec": zoo_rate * batch,
-      "minimal_examples_per_sec": min_rate * batch,
-      "step_gflop": flops / 1e9,
-      "zoo_gflops_per_sec": flops * zoo_rate / 1e9,
-      "minimal_gflops_per_sec": flops * min_rate / 1e9,
-      "zoo_overhead_percent": 100 * (min_rate / zoo_rate - 1),
+    "config": args.config,
+    "device": jax.devices()[0].device_kind,
+    "batch_size": batch,
+    "zoo_ms_per_step": 1e3 / zoo_rate,
+    "minimal_ms_per_step": 1e3 / min_rate,
+    "zoo_examples_per_sec": zoo_rate * batch,
+    "minimal_examples_per_sec": min_rate * batch,
+    "step_gflop": flops / 1e9,
+    "zoo_gflops_per_sec": flops * zoo_rate / 1e9,
+    "minimal_gflops_per_sec": flops * min_rate / 1e9,
+    "zoo_overhead_percent": 100 * (min_rate / zoo_rate - 1),
   }
   print(f"{'':10s} {'ms/step':>9s} {'examples/s':>11s} {'GFLOP/s':>9s}")
   for name in ("zoo", "minimal"):
-    print(f"{name:10s} {result[f'{name}_ms_per_step']:9.2f} {result[f'{name}_examples_per_sec']:11.0f} "
-          f"{result[f'{name}_gflops_per_sec']:9.1f}")
+    print(
+      f"{name:10s} {result[f'{name}_ms_per_step']:9.2f} {result[f'{name}_examples_per_sec']:11.0f} "
+      f"{result[f'{name}_gflops_per_sec']:9.1f}"
+    )
   print(f"zoo overhead: {result['zoo_overhead_percent']:+.1f}% (step: {result['step_gflop']:.3f} GFLOP)")
   print(json.dumps(result))
 

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO
 
 SYNTHETIC = ["--config.data.name=synthetic_images", "--config.data.kwargs={'n_train': 128, 'n_test': 32}"]
@@ -15,7 +14,9 @@ SYNTHETIC = ["--config.data.name=synthetic_images", "--config.data.kwargs={'n_tr
 
 def run(*args: str, cwd=REPO) -> subprocess.CompletedProcess:
   env = dict(os.environ, PYTHONPATH=str(REPO))
-  return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+  return subprocess.run(
+    [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+  )
 
 
 def _one_paragraph_error(proc: subprocess.CompletedProcess) -> str:
@@ -27,17 +28,20 @@ def _one_paragraph_error(proc: subprocess.CompletedProcess) -> str:
 
 
 @pytest.mark.parametrize(
-    "args, message",
-    [
-        (["--config", "mnist_cn"], "did you mean: mnist_cnn"),
-        (["--config.optimizer.learnin_rate=0.1"], "did you mean: optimizer.learning_rate"),
-        (["--config.epochs=abc"], "config key 'epochs' expects int, got 'abc'"),
-        (["--config.model.name=mpl"], "unknown model 'mpl'; did you mean: mlp"),
-        (["--config.optimizer.name=adamm"], "unknown optimizer 'adamm'; did you mean: adam"),
-        (["--config.model.kwargs.hiden_sizes=(3,)"], "hidden_sizes"),
-        (["--config.model.name=mnist_cnn", "--config.model.kwargs={}", "--config.data.name=synthetic_tabular"], "cannot take inputs"),
-        (["--accelerator", "tpu"], "--accelerator tpu"),
-    ],
+  "args, message",
+  [
+    (["--config", "mnist_cn"], "did you mean: mnist_cnn"),
+    (["--config.optimizer.learnin_rate=0.1"], "did you mean: optimizer.learning_rate"),
+    (["--config.epochs=abc"], "config key 'epochs' expects int, got 'abc'"),
+    (["--config.model.name=mpl"], "unknown model 'mpl'; did you mean: mlp"),
+    (["--config.optimizer.name=adamm"], "unknown optimizer 'adamm'; did you mean: adam"),
+    (["--config.model.kwargs.hiden_sizes=(3,)"], "hidden_sizes"),
+    (
+      ["--config.model.name=mnist_cnn", "--config.model.kwargs={}", "--config.data.name=synthetic_tabular"],
+      "cannot take inputs",
+    ),
+    (["--accelerator", "tpu"], "--accelerator tpu"),
+  ],
 )
 def test_train_py_bad_input_gets_one_paragraph_error(tmp_path, args, message):
   proc = run("train.py", "--workdir", str(tmp_path), "--no-progress", *args)
@@ -48,18 +52,38 @@ def test_train_py_bad_input_gets_one_paragraph_error(tmp_path, args, message):
 def test_corrupt_data_file_is_refused_naming_it(tmp_path):
   data = tmp_path / "data" / "mnist"
   data.mkdir(parents=True)
-  for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
-               "t10k-labels-idx1-ubyte.gz"):
+  for name in (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+  ):
     (data / name).write_bytes(b"\x1f\x8b not really gzip")
-  proc = run("train.py", "--config", "mnist_cnn", "--data-dir", str(tmp_path / "data"), "--workdir",
-             str(tmp_path / "w"), "--no-progress")
+  proc = run(
+    "train.py",
+    "--config",
+    "mnist_cnn",
+    "--data-dir",
+    str(tmp_path / "data"),
+    "--workdir",
+    str(tmp_path / "w"),
+    "--no-progress",
+  )
   err = _one_paragraph_error(proc)
   assert "-idx" in err and "sha256" in err, err
 
 
 def test_train_py_trains_and_resumes(tmp_path):
-  args = ["train.py", "--config", "digits_mlp", "--workdir", str(tmp_path), "--no-progress",
-          "--config.epochs=2", "--config.eval_every_epochs=1"]
+  args = [
+    "train.py",
+    "--config",
+    "digits_mlp",
+    "--workdir",
+    str(tmp_path),
+    "--no-progress",
+    "--config.epochs=2",
+    "--config.eval_every_epochs=1",
+  ]
   first = run(*args)
   assert first.returncode == 0, first.stderr
   assert "digits_mlp: test accuracy" in first.stdout

@@ -44,18 +44,21 @@ def test_overrides_are_typed_and_keys_checked():
 
 
 @pytest.mark.parametrize(
-    "override, message",
-    [
-        ("optimizer.learnin_rate=1e-3", r"unknown config key 'optimizer.learnin_rate'; did you mean: optimizer.learning_rate"),
-        ("epochs=three", r"config key 'epochs' expects int, got 'three'"),
-        ("epochs=2.5", r"config key 'epochs' expects int, got 2.5"),
-        ("epochs=True", r"config key 'epochs' expects int"),
-        ("stop_on_nonfinite=1", r"expects bool"),
-        ("data.batch_size=[1]", r"expects int"),
-        ("optimizer=adam", r"is a section"),
-        ("nonsense", r"not of the form key=value"),
-        ("bogus.key=1", r"unknown config key 'bogus.key'"),
-    ],
+  "override, message",
+  [
+    (
+      "optimizer.learnin_rate=1e-3",
+      r"unknown config key 'optimizer.learnin_rate'; did you mean: optimizer.learning_rate",
+    ),
+    ("epochs=three", r"config key 'epochs' expects int, got 'three'"),
+    ("epochs=2.5", r"config key 'epochs' expects int, got 2.5"),
+    ("epochs=True", r"config key 'epochs' expects int"),
+    ("stop_on_nonfinite=1", r"expects bool"),
+    ("data.batch_size=[1]", r"expects int"),
+    ("optimizer=adam", r"is a section"),
+    ("nonsense", r"not of the form key=value"),
+    ("bogus.key=1", r"unknown config key 'bogus.key'"),
+  ],
 )
 def test_bad_overrides_name_the_key(override, message):
   with pytest.raises(ZooError, match=message):

@@ -4,8 +4,8 @@ datasets are absent)."""
 from __future__ import annotations
 
 import pytest
-
 from conftest import have_mnist
+
 from zoo.config import get_config, list_configs
 from zoo.train import train_and_evaluate
 

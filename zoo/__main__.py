@@ -11,13 +11,13 @@ def _catalogue():
   from zoo.models import ACTIVATIONS
 
   return {
-      "configs": zoo.list_configs,
-      "models": zoo.list_models,
-      "optimizers": zoo.list_optimizers,
-      "schedules": zoo.list_schedules,
-      "datasets": zoo.list_datasets,
-      "tasks": zoo.list_tasks,
-      "activations": ACTIVATIONS.list,
+    "configs": zoo.list_configs,
+    "models": zoo.list_models,
+    "optimizers": zoo.list_optimizers,
+    "schedules": zoo.list_schedules,
+    "datasets": zoo.list_datasets,
+    "tasks": zoo.list_tasks,
+    "activations": ACTIVATIONS.list,
   }
 
 
@@ -55,8 +55,12 @@ def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m zoo", description=__doc__)
   sub = parser.add_subparsers(dest="command", required=True)
   p_list = sub.add_parser("list", help="list configs, models, optimizers, schedules, datasets, tasks")
-  p_list.add_argument("terms", nargs="*", metavar="[KIND] [PATTERN]",
-                      help="optional kind (configs, models, ...) then a pattern like 'mnist*' or a substring")
+  p_list.add_argument(
+    "terms",
+    nargs="*",
+    metavar="[KIND] [PATTERN]",
+    help="optional kind (configs, models, ...) then a pattern like 'mnist*' or a substring",
+  )
   p_list.set_defaults(func=cmd_list)
   args = parser.parse_args(argv)
   from zoo.registry import ZooError

@@ -132,7 +132,7 @@ def check_type(value: Any, annotation: Any, key: str) -> Any:
   converted = _convert(value, annotation)
   if converted is _MISMATCH:
     raise ZooError(
-        f"config key {key!r} expects {_type_name(annotation)}, got {value!r} ({type(value).__name__})"
+      f"config key {key!r} expects {_type_name(annotation)}, got {value!r} ({type(value).__name__})"
     )
   return converted
 
@@ -218,7 +218,9 @@ def apply_override(config: Config, assignment: str) -> None:
     key = key[2:]
   key = key.removeprefix("config.")
   if not sep or not key:
-    raise ZooError(f"config override {assignment!r} is not of the form key=value (e.g. optimizer.learning_rate=3e-4)")
+    raise ZooError(
+      f"config override {assignment!r} is not of the form key=value (e.g. optimizer.learning_rate=3e-4)"
+    )
   parts = key.split(".")
   obj: Any = config
   for i, part in enumerate(parts):
@@ -291,7 +293,9 @@ def get_config(name: str, overrides: list[str] = (), smoke: bool = False) -> Con
   """Loads `configs/<name>.py` (or a path to a .py file), applies `overrides`, returns the Config."""
   config = _load_module(name).get_config(smoke=smoke)
   if not isinstance(config, Config):
-    raise ZooError(f"config {name!r}: get_config() must return zoo.config.Config, got {type(config).__name__}")
+    raise ZooError(
+      f"config {name!r}: get_config() must return zoo.config.Config, got {type(config).__name__}"
+    )
   return apply_overrides(config, list(overrides))
 
 

@@ -11,9 +11,9 @@ from zoo.registry import ZooError
 ACCELERATORS = ("auto", "cpu", "gpu", "tpu")
 _JAX_PLATFORM = {"cpu": "cpu", "gpu": "cuda,rocm", "tpu": "tpu"}
 _INSTALL_HINT = {
-    "gpu": "install JAX with GPU support (pip install -e '.[cuda]', i.e. jax[cuda12]) on a machine with an NVIDIA GPU",
-    "tpu": "run on a Cloud TPU VM with JAX's TPU support installed (pip install -e '.[tpu]', i.e. jax[tpu])",
-    "cpu": "check the JAX installation",
+  "gpu": "install JAX with GPU support (jax[cuda12]) on a machine with an NVIDIA GPU",
+  "tpu": "run on a Cloud TPU VM with JAX's TPU support installed (jax[tpu])",
+  "cpu": "check the JAX installation",
 }
 
 # XLA's CPU backend sends 3x3 convolutions through YNNPACK, which measured about 2x slower than its
@@ -83,14 +83,14 @@ def select_accelerator(name: str = "auto") -> str:
     backend = jax.default_backend()
   except RuntimeError as e:
     raise ZooError(
-        f"--accelerator {name}: JAX found no {name.upper()} here ({str(e).splitlines()[0]}); "
-        f"{_INSTALL_HINT[name]}, or use --accelerator cpu."
+      f"--accelerator {name}: JAX found no {name.upper()} here ({str(e).splitlines()[0]}); "
+      f"{_INSTALL_HINT[name]}, or use --accelerator cpu."
     ) from None
   wanted = {"gpu": ("gpu", "cuda", "rocm"), "tpu": ("tpu",), "cpu": ("cpu",)}.get(name)
   if wanted and backend not in wanted:
     raise ZooError(
-        f"--accelerator {name}: JAX is already running on {backend!r} in this process; "
-        f"choose the accelerator before any JAX computation (restart the notebook kernel)."
+      f"--accelerator {name}: JAX is already running on {backend!r} in this process; "
+      f"choose the accelerator before any JAX computation (restart the notebook kernel)."
     )
   return backend
 
@@ -103,8 +103,11 @@ def cache_root() -> Path:
 
 
 def enable_compilation_cache() -> None:
-  """Turns on JAX's persistent compilation cache (in `cache_root()/jax`) unless the user chose a folder
-  or set ZOO_NO_COMPILATION_CACHE=1: a rerun, a resume or a test suite skips XLA compilations it did before."""
+  """Turns on JAX's persistent compilation cache (in `cache_root()/jax`).
+
+  Unless the user chose a folder or set ZOO_NO_COMPILATION_CACHE=1: a rerun, a resume or a test suite
+  then skips the XLA compilations it did before.
+  """
   import jax
 
   if os.environ.get("ZOO_NO_COMPILATION_CACHE") == "1" or os.environ.get("JAX_COMPILATION_CACHE_DIR"):

@@ -46,7 +46,7 @@ class Registry(Generic[T]):
     self._entries: dict[str, T] = {}
 
   def register(self, obj: T | None = None, *, name: str | None = None) -> Any:
-    """Registers `obj` under `name` (default: its `__name__`); usable as `@register` or `@register(name=...)`."""
+    """Registers `obj` under `name` (default: its `__name__`): `@register` or `@register(name=...)`."""
 
     def add(o: T) -> T:
       key = name or o.__name__  # type: ignore[attr-defined]

@@ -1,4 +1,4 @@
-"""Checkpoints with Orbax: written every N steps and at the end, the newest few kept, resumed automatically."""
+"""Checkpoints with Orbax: every N steps and at the end, the newest few kept, resumed automatically."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ class Checkpointer:
     self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
 
   def restore(self, target: Any, step: int | None = None) -> Any:
-    """Restores checkpoint `step` (default: the newest) into the structure, dtypes and shardings of `target`."""
+    """Restores checkpoint `step` (default: the newest) into `target`'s structure, dtypes, shardings."""
     step = self.latest_step() if step is None else step
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
     return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))

@@ -21,7 +21,7 @@ from zoo.optim import create_optimizer, create_schedule
 from zoo.registry import ZooError
 from zoo.tasks import create_task
 from zoo.train.checkpoint import Checkpointer
-from zoo.train.state import TrainState, count_params, create_train_state
+from zoo.train.state import count_params, create_train_state
 from zoo.train.steps import make_eval_fn, make_train_step, normalizer
 from zoo.train.writers import MetricWriter
 
@@ -56,11 +56,11 @@ def build(config: config_lib.Config, dataset: Dataset | None = None) -> Experime
   """Builds the dataset, model, task, schedule and optimiser that `config` names."""
   dataset = dataset or load_dataset(config.data.name, data_dir=config.data.data_dir, **config.data.kwargs)
   dataset = dataclasses.replace(
-      dataset,
-      x_train=dataset.x_train[: config.data.max_train_examples],
-      y_train=dataset.y_train[: config.data.max_train_examples],
-      x_test=dataset.x_test[: config.data.max_test_examples],
-      y_test=dataset.y_test[: config.data.max_test_examples],
+    dataset,
+    x_train=dataset.x_train[: config.data.max_train_examples],
+    y_train=dataset.y_train[: config.data.max_train_examples],
+    x_test=dataset.x_test[: config.data.max_test_examples],
+    y_test=dataset.y_test[: config.data.max_test_examples],
   )
   model_kwargs = dict(config.model.kwargs)
   model_kwargs.setdefault("num_classes", dataset.num_classes)
@@ -105,7 +105,7 @@ def _summarise(totals: dict[str, Any]) -> dict[str, float]:
 
 
 def train_and_evaluate(
-    config: config_lib.Config, workdir: str | Path, *, progress: bool = True, dataset: Dataset | None = None
+  config: config_lib.Config, workdir: str | Path, *, progress: bool = True, dataset: Dataset | None = None
 ) -> dict[str, Any]:
   """Trains `config` in `workdir`, resuming from its newest checkpoint; returns the final metrics.
 
@@ -129,13 +129,25 @@ def train_and_evaluate(
     log.info("resumed from the checkpoint of step %d in %s", start_step, checkpointer.directory)
   _write_config(workdir, cfg)
   writer = MetricWriter(workdir, resume_step=start_step)
-  log.info("%s: %s parameters, %d steps (%d per epoch)", cfg.model.name, f"{count_params(state.params):,}",
-           exp.total_steps, exp.steps_per_epoch)
+  log.info(
+    "%s: %s parameters, %d steps (%d per epoch)",
+    cfg.model.name,
+    f"{count_params(state.params):,}",
+    exp.total_steps,
+    exp.steps_per_epoch,
+  )
 
   train_data = {"input": jnp.asarray(ds.x_train), "label": jnp.asarray(ds.y_train)}
   test_data = eval_batches(ds.x_test, ds.y_test, cfg.data.eval_batch_size)
-  train_step = make_train_step(exp.model, exp.tx, exp.task, exp.schedule, batch_size=cfg.data.batch_size,
-                               steps_per_epoch=exp.steps_per_epoch, preprocess=exp.preprocess)
+  train_step = make_train_step(
+    exp.model,
+    exp.tx,
+    exp.task,
+    exp.schedule,
+    batch_size=cfg.data.batch_size,
+    steps_per_epoch=exp.steps_per_epoch,
+    preprocess=exp.preprocess,
+  )
   evaluate = make_eval_fn(exp.model, exp.task, exp.preprocess)
   n_train, spe = len(ds.x_train), exp.steps_per_epoch
 
@@ -157,16 +169,18 @@ def train_and_evaluate(
       if not math.isfinite(float(v["loss"])):
         checkpointer.wait()
         raise NonFiniteLossError(
-            f"the training loss became {float(v['loss'])} at step {s}; the run stopped and the last good "
-            f"checkpoint (step {last_saved}) is kept in {checkpointer.directory}. Try a lower "
-            f"optimizer.learning_rate or gradient clipping (optimizer.grad_clip_norm=1.0)."
+          f"the training loss became {float(v['loss'])} at step {s}; the run stopped and the last good "
+          f"checkpoint (step {last_saved}) is kept in {checkpointer.directory}. Try a lower "
+          f"optimizer.learning_rate or gradient clipping (optimizer.grad_clip_norm=1.0)."
         )
     mean = {k: float(np.mean([v[k] for v in values])) for k in values[0]}
     now = time.perf_counter()
     mean["steps_per_sec"] = len(values) / max(now - interval_start, 1e-9)
     interval_start = now
     writer.write(step, "train", mean)
-    bar.set_postfix(loss=f"{mean['loss']:.4f}", **({"acc": f"{mean['accuracy']:.4f}"} if "accuracy" in mean else {}))
+    bar.set_postfix(
+      loss=f"{mean['loss']:.4f}", **({"acc": f"{mean['accuracy']:.4f}"} if "accuracy" in mean else {})
+    )
 
   def save(step: int) -> None:
     nonlocal last_saved
@@ -193,8 +207,10 @@ def train_and_evaluate(
         flush(done)
         test_metrics = _summarise(evaluate(state, test_data))
         writer.write(done, "test", {"epoch": done / spe, **test_metrics})
-        bar.write(f"step {done} (epoch {done / spe:g}): test " +
-                  " ".join(f"{k} {v:.4f}" for k, v in test_metrics.items()))
+        bar.write(
+          f"step {done} (epoch {done / spe:g}): test "
+          + " ".join(f"{k} {v:.4f}" for k, v in test_metrics.items())
+        )
         if is_last or time.perf_counter() - last_plot > 60:  # A plot costs about a second.
           writer.plot()
           last_plot = time.perf_counter()
@@ -208,8 +224,11 @@ def train_and_evaluate(
     bar.close()
     checkpointer.close()
     writer.close()
-  result = {"step": int(exp.total_steps), "test": test_metrics,
-            "train": next((r for r in reversed(writer.history) if r["split"] == "train"), {})}
+  result = {
+    "step": int(exp.total_steps),
+    "test": test_metrics,
+    "train": next((r for r in reversed(writer.history) if r["split"] == "train"), {}),
+  }
   (workdir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
   result["state"] = state
   return result
@@ -234,5 +253,6 @@ def _write_config(workdir: Path, cfg: config_lib.Config) -> None:
 def _progress_bar(total: int, initial: int, enabled: bool):
   from tqdm.auto import tqdm
 
-  return tqdm(total=total, initial=initial, unit="step", disable=not enabled, dynamic_ncols=True,
-              mininterval=0.5)
+  return tqdm(
+    total=total, initial=initial, unit="step", disable=not enabled, dynamic_ncols=True, mininterval=0.5
+  )

@@ -37,7 +37,7 @@ def init_variables(model: nn.Module, example_input: jax.Array, rng: jax.Array) -
 
 
 def create_train_state(
-    model: nn.Module, tx: optax.GradientTransformation, example_input: jax.Array, rng: jax.Array
+  model: nn.Module, tx: optax.GradientTransformation, example_input: jax.Array, rng: jax.Array
 ) -> TrainState:
   """Builds the state in one compiled call, after checking its shapes abstractly.
 
@@ -47,16 +47,17 @@ def create_train_state(
   def init(rng):
     variables = init_variables(model, example_input, rng)
     params = variables.pop("params")
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      model_state=dict(variables))
+    return TrainState(
+      step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), model_state=dict(variables)
+    )
 
   try:
     jax.eval_shape(init, rng)
   except Exception as e:  # noqa: BLE001 - any failure here is the model rejecting the input's shape.
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     raise ZooError(
-        f"model {type(model).__name__} cannot take inputs of shape {tuple(example_input.shape[1:])} "
-        f"(batch of {example_input.shape[0]}): {type(e).__name__}: {first}"
+      f"model {type(model).__name__} cannot take inputs of shape {tuple(example_input.shape[1:])} "
+      f"(batch of {example_input.shape[0]}): {type(e).__name__}: {first}"
     ) from e
   return jax.jit(init)(rng)
 

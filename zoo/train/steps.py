@@ -35,14 +35,14 @@ def apply_model(model: nn.Module, state_vars: dict[str, Any], x: jax.Array, *, t
 
 
 def make_train_step(
-    model: nn.Module,
-    tx: optax.GradientTransformation,
-    task: Task,
-    schedule: optax.Schedule,
-    *,
-    batch_size: int,
-    steps_per_epoch: int,
-    preprocess: Callable[[jax.Array], jax.Array],
+  model: nn.Module,
+  tx: optax.GradientTransformation,
+  task: Task,
+  schedule: optax.Schedule,
+  *,
+  batch_size: int,
+  steps_per_epoch: int,
+  preprocess: Callable[[jax.Array], jax.Array],
 ) -> Callable:
   """Returns `train_step(state, data, perm, rng) -> (state, metrics)`, jitted once, state donated.
 
@@ -61,7 +61,7 @@ def make_train_step(
 
     def loss_fn(params):
       outputs, new_model_state = apply_model(
-          model, {"params": params, **state.model_state}, batch["input"], train=True, rng=step_rng
+        model, {"params": params, **state.model_state}, batch["input"], train=True, rng=step_rng
       )
       loss, metrics = task.loss(outputs, batch)
       return loss, (metrics, new_model_state)
@@ -71,7 +71,7 @@ def make_train_step(
     params = optax.apply_updates(state.params, updates)
     metrics = dict(metrics, grad_norm=optax.tree.norm(grads), learning_rate=schedule(state.step))
     new_state = state.replace(
-        step=state.step + 1, params=params, opt_state=opt_state, model_state=dict(new_model_state)
+      step=state.step + 1, params=params, opt_state=opt_state, model_state=dict(new_model_state)
     )
     return new_state, metrics
 
@@ -82,7 +82,7 @@ def make_train_step(
 
 
 def make_eval_fn(
-    model: nn.Module, task: Task, preprocess: Callable[[jax.Array], jax.Array]
+  model: nn.Module, task: Task, preprocess: Callable[[jax.Array], jax.Array]
 ) -> Callable[[TrainState, Data], dict[str, jax.Array]]:
   """Returns `evaluate(state, data) -> metric sums`, one compiled call over a whole split.
 

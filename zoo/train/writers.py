@@ -1,4 +1,4 @@
-"""Metrics out of a run: JSON lines, TensorBoard event files (tensorboardX, no TensorFlow), a PNG of curves."""
+"""Metrics out of a run: JSON lines, TensorBoard events (tensorboardX, no TensorFlow), a PNG of curves."""
 
 from __future__ import annotations
 
