@@ -9,7 +9,27 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+
+# glibc hands large freed blocks back to the kernel at once (mmap/munmap), so every training step pays
+# page faults for buffers of the size it freed a moment before. With these settings the MNIST CNN's step
+# ran ~1.9x faster here (README, "Performance"). glibc reads them only at start-up, so the command-line
+# faces re-execute themselves once with them, before importing anything heavy.
+MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=4294967295:glibc.malloc.trim_threshold=4294967295"
+
+
+def reexec_with_malloc_tuning(argv: list[str]) -> None:
+  """Restarts this process with MALLOC_TUNABLES unless set already, opted out (ZOO_NO_MALLOC_TUNING=1),
+  or not on Linux."""
+  if (
+    sys.platform != "linux" or os.environ.get("ZOO_NO_MALLOC_TUNING") == "1" or "GLIBC_TUNABLES" in os.environ
+  ):
+    return
+  try:
+    os.execve(sys.executable, [sys.executable, *argv], dict(os.environ, GLIBC_TUNABLES=MALLOC_TUNABLES))
+  except OSError:
+    pass  # Carry on untuned rather than fail.
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -34,6 +54,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+  if argv is None:
+    reexec_with_malloc_tuning(sys.argv)
   args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
   logging.basicConfig(level=logging.INFO, format="%(message)s")
   for noisy in ("absl", "jax._src", "orbax"):

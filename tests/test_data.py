@@ -51,8 +51,15 @@ def _files(folder: Path) -> list[Path]:
 # --- digits -----------------------------------------------------------------------------------------------
 
 
-def test_digits_split_is_stratified_complete_and_deterministic():
+def test_digits_default_split_is_the_reference_notebooks():
+  # The reference notebook's classification report gives each class's support in its 360 test images.
   ds = load_dataset("digits")
+  np.testing.assert_array_equal(np.bincount(ds.y_test), [33, 28, 33, 34, 46, 47, 35, 34, 30, 40])
+  assert len(ds.x_train) == 1437
+
+
+def test_digits_split_is_stratified_complete_and_deterministic():
+  ds = load_dataset("digits", stratify=True)
   assert ds.x_train.shape == (1437, 8, 8, 1) and ds.x_test.shape == (360, 8, 8, 1)
   assert ds.x_train.dtype == np.uint8 and ds.y_train.dtype == np.int32 and ds.input_shape == (8, 8, 1)
   assert ds.num_classes == 10 and ds.pixel_max == 16 and ds.x_train.max() == 16
@@ -67,10 +74,10 @@ def test_digits_split_is_stratified_complete_and_deterministic():
   assert np.all(np.abs(np.bincount(ds.y_test, minlength=10) - 0.2 * per_class) < 1)
   # Classes are mixed, not sorted (training code may take the first N examples).
   assert len(np.unique(ds.y_train[:50])) == 10
-  again = load_dataset("digits")
+  again = load_dataset("digits", stratify=True)
   np.testing.assert_array_equal(again.x_test, ds.x_test)
   np.testing.assert_array_equal(again.y_train, ds.y_train)
-  other = load_dataset("digits", seed=7, test_fraction=0.5)
+  other = load_dataset("digits", seed=7, test_fraction=0.5, stratify=True)
   assert len(other.x_test) == 899 and not np.array_equal(other.y_train[:100], ds.y_train[:100])
 
 

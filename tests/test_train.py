@@ -110,3 +110,10 @@ def test_wrong_input_shape_is_a_clear_error(tiny_config, tmp_path):
 def test_batch_larger_than_the_data_is_refused(tiny_config, tmp_path):
   with pytest.raises(ZooError, match="batch_size=1000"):
     train_and_evaluate(tiny_config(data__batch_size=1000), tmp_path, progress=False)
+
+
+def test_resuming_with_a_different_model_is_a_clear_error(tiny_config, tmp_path):
+  train_and_evaluate(tiny_config(epochs=1), tmp_path, progress=False)
+  changed = tiny_config(epochs=2, model__kwargs={"hidden_sizes": (48,)})
+  with pytest.raises(ZooError, match="does not fit this config"):
+    train_and_evaluate(changed, tmp_path, progress=False)

@@ -44,6 +44,9 @@ class DataConfig:
   # Use only the first N examples of a split (smoke runs, quick experiments); None uses all.
   max_train_examples: int | None = None
   max_test_examples: int | None = None
+  # On-device augmentation of training batches: name -> kwargs, applied in order (zoo/data/augment.py),
+  # e.g. {"random_shift": {"pixels": 2}}; on the command line: data.augment.random_shift.pixels=2.
+  augment: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

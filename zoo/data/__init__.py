@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from zoo.data.augment import AUGMENTATIONS, create_augmentation, register_augmentation
 from zoo.data.datasets import (
   DATASETS,
   Dataset,
@@ -13,6 +14,9 @@ from zoo.data.datasets import (
 from zoo.data.download import fetch
 
 __all__ = [
+  "AUGMENTATIONS",
+  "create_augmentation",
+  "register_augmentation",
   "DATASETS",
   "Dataset",
   "fetch",

@@ -130,11 +130,13 @@ _DIGITS_SHA256 = "09f66e6debdee2cd2b5ae59e0d6abbb73fc2b0e0185d2e1957e9ebb51e23aa
 
 
 @register_dataset
-def digits(test_fraction: float = 0.2, seed: int = 42) -> Dataset:
+def digits(test_fraction: float = 0.2, seed: int = 42, stratify: bool = False) -> Dataset:
   """The 8x8 handwritten digits (1,797 images, values 0..16; the UCI optdigits test set as in scikit-learn).
 
-  Split into train and test with a stratified, seeded shuffle: `ceil(test_fraction * N)` test images
-  (360 for 0.2), each class contributing in proportion to its size.
+  By default the split is the reference notebook's: scikit-learn's `train_test_split(test_size=0.2,
+  random_state=42)`, i.e. the first `ceil(test_fraction * N)` images (360 for 0.2) of
+  `np.random.RandomState(seed).permutation(N)` are the test split and the rest the training split, in that
+  order. `stratify=True` instead gives each class a test share proportional to its size.
   """
   if not 0 < test_fraction < 1:
     raise ZooError(f"digits: test_fraction must be between 0 and 1 (exclusive), got {test_fraction}")
@@ -144,8 +146,13 @@ def digits(test_fraction: float = 0.2, seed: int = 42) -> Dataset:
     raise ZooError(f"{_DIGITS_PATH} does not hold the 1,797 8x8 digits; reinstall the zoo package")
   x = table[:, :64].astype(np.uint8).reshape(-1, 8, 8, 1)
   y = table[:, 64].astype(np.int32)
-  test = stratified_test_indices(y, test_fraction, np.random.default_rng(seed))
-  train = np.setdiff1d(np.arange(len(y)), test)  # Both keep the file's order, in which classes are mixed.
+  if stratify:
+    test = stratified_test_indices(y, test_fraction, np.random.default_rng(seed))
+    train = np.setdiff1d(np.arange(len(y)), test)  # Both keep the file's order, in which classes are mixed.
+  else:
+    perm = np.random.RandomState(seed).permutation(len(y))  # As scikit-learn's ShuffleSplit draws it.
+    n_test = math.ceil(test_fraction * len(y))
+    test, train = perm[:n_test], perm[n_test:]
   return Dataset("digits", x[train], y[train], x[test], y[test], num_classes=10, pixel_max=16.0)
 
 

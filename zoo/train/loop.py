@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from zoo import config as config_lib
-from zoo.data import Dataset, load_dataset, normalization_stats
+from zoo.data import Dataset, create_augmentation, load_dataset, normalization_stats
 from zoo.models import create_model
 from zoo.optim import create_optimizer, create_schedule
 from zoo.registry import ZooError
@@ -46,6 +46,7 @@ class Experiment:
   total_steps: int
   mean: np.ndarray
   std: np.ndarray
+  augment: Any = None
 
   @property
   def preprocess(self):
@@ -77,7 +78,10 @@ def build(config: config_lib.Config, dataset: Dataset | None = None) -> Experime
   schedule = create_schedule(config.schedule, config.optimizer.learning_rate, total_steps, steps_per_epoch)
   tx = create_optimizer(config.optimizer, schedule)
   mean, std = normalization_stats(dataset.x_train, config.data.normalization, dataset.pixel_max)
-  return Experiment(config, dataset, model, task, tx, schedule, steps_per_epoch, total_steps, mean, std)
+  augment = create_augmentation(config.data.augment)
+  return Experiment(
+    config, dataset, model, task, tx, schedule, steps_per_epoch, total_steps, mean, std, augment
+  )
 
 
 def epoch_permutation(data_rng: jax.Array, epoch: int | jax.Array, n: int) -> jax.Array:
@@ -125,7 +129,15 @@ def train_and_evaluate(
   checkpointer = Checkpointer(workdir / "checkpoints", keep=cfg.keep_checkpoints)
   start_step = checkpointer.latest_step() or 0
   if start_step:
-    state = checkpointer.restore(state, start_step)
+    try:
+      state = checkpointer.restore(state, start_step)
+    except (ValueError, TypeError, KeyError) as e:
+      checkpointer.close()
+      raise ZooError(
+        f"the checkpoint of step {start_step} in {checkpointer.directory} does not fit this config's "
+        f"model and optimiser (was the config changed?): {str(e).strip().splitlines()[0][:300]}. "
+        f"Use a new --workdir, or the config the run started with ({workdir / 'config.json'})."
+      ) from e
     log.info("resumed from the checkpoint of step %d in %s", start_step, checkpointer.directory)
   _write_config(workdir, cfg)
   writer = MetricWriter(workdir, resume_step=start_step)
@@ -147,6 +159,7 @@ def train_and_evaluate(
     batch_size=cfg.data.batch_size,
     steps_per_epoch=exp.steps_per_epoch,
     preprocess=exp.preprocess,
+    augment=exp.augment,
   )
   evaluate = make_eval_fn(exp.model, exp.task, exp.preprocess)
   n_train, spe = len(ds.x_train), exp.steps_per_epoch

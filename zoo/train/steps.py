@@ -43,12 +43,14 @@ def make_train_step(
   batch_size: int,
   steps_per_epoch: int,
   preprocess: Callable[[jax.Array], jax.Array],
+  augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
 ) -> Callable:
   """Returns `train_step(state, data, perm, rng) -> (state, metrics)`, jitted once, state donated.
 
   The batch is gathered on the device: step `s` takes examples `perm[(s % steps_per_epoch) * B:][:B]`
-  of `data`, where `perm` is the epoch's permutation. Dropout's rng is `fold_in(rng, s)`, so the run is a
-  function of (seed, step) and a resumed run repeats an uninterrupted one exactly.
+  of `data`, where `perm` is the epoch's permutation, augments them (`augment(images, rng)`, on the device)
+  and normalises them. The step's randomness (dropout, augmentation) comes from `fold_in(rng, s)`, so the
+  run is a function of (seed, step) and a resumed run repeats an uninterrupted one exactly.
   """
 
   def train_step(state: TrainState, data: Data, perm: jax.Array, rng: jax.Array):
@@ -56,8 +58,10 @@ def make_train_step(
     offset = (state.step % steps_per_epoch) * batch_size
     idx = jax.lax.dynamic_slice_in_dim(perm, offset, batch_size)
     batch = {k: v[idx] for k, v in data.items()}
+    step_rng, augment_rng = jax.random.split(jax.random.fold_in(rng, state.step))
+    if augment is not None:
+      batch["input"] = augment(batch["input"], augment_rng)
     batch["input"] = preprocess(batch["input"])
-    step_rng = jax.random.fold_in(rng, state.step)
 
     def loss_fn(params):
       outputs, new_model_state = apply_model(
