@@ -25,6 +25,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from train import reexec_with_malloc_tuning  # noqa: E402
+
+reexec_with_malloc_tuning(sys.argv)  # The same process set-up as train.py, before JAX starts.
+
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402

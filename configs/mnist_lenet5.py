@@ -4,7 +4,7 @@ LeNet-5 (LeCun et al. 1998; tanh, average pooling, 61,706 parameters) on MNIST p
 random shifts of up to 1 pixel (on the device), label smoothing 0.1, AdamW with a warmup-cosine schedule.
 """
 
-from zoo.config import Config
+from zoo.config import Config, shrink_for_smoke
 
 
 def get_config(smoke: bool = False) -> Config:
@@ -20,8 +20,4 @@ def get_config(smoke: bool = False) -> Config:
   c.schedule.name = "warmup_cosine"
   c.schedule.kwargs = dict(warmup_epochs=0.5)
   c.epochs = 10
-  if smoke:
-    c.steps = 3
-    c.data.max_train_examples = 512
-    c.data.max_test_examples = 256
-  return c
+  return shrink_for_smoke(c) if smoke else c

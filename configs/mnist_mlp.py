@@ -3,7 +3,7 @@
 An MLP 784-512-256-10 with ReLU and dropout 0.2 on MNIST, AdamW with a warmup-cosine schedule.
 """
 
-from zoo.config import Config
+from zoo.config import Config, shrink_for_smoke
 
 
 def get_config(smoke: bool = False) -> Config:
@@ -18,8 +18,4 @@ def get_config(smoke: bool = False) -> Config:
   c.schedule.name = "warmup_cosine"
   c.schedule.kwargs = dict(warmup_epochs=1)
   c.epochs = 10
-  if smoke:
-    c.steps = 3
-    c.data.max_train_examples = 512
-    c.data.max_test_examples = 256
-  return c
+  return shrink_for_smoke(c) if smoke else c

@@ -41,6 +41,8 @@ def test_overrides_are_typed_and_keys_checked():
   assert c.model.name == "lenet5" and c.model.kwargs["hidden_sizes"] == (256, 128)
   apply_override(c, "steps=None")
   assert c.steps is None
+  apply_override(c, "data.augment.random_shift.pixels=2")  # Nested kwargs sections are created.
+  assert c.data.augment == {"random_shift": {"pixels": 2}}
 
 
 @pytest.mark.parametrize(

@@ -90,6 +90,16 @@ class Config:
   stop_on_nonfinite: bool = True
 
 
+def shrink_for_smoke(
+  config: Config, steps: int = 3, train_examples: int = 512, test_examples: int = 256
+) -> Config:
+  """The usual smoke variant of a config: a few steps on the first examples of each split."""
+  config.steps = steps
+  config.data.max_train_examples = train_examples
+  config.data.max_test_examples = test_examples
+  return config
+
+
 def to_dict(config: Config) -> dict[str, Any]:
   return dataclasses.asdict(config)
 
