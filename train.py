@@ -68,7 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.data_dir:
       config.data.data_dir = args.data_dir
     workdir = args.workdir or f"runs/{args.config}{'_smoke' if args.smoke else ''}"
-    result = zoo.train_and_evaluate(config, workdir, progress=not args.no_progress)
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    with logging_redirect_tqdm():  # Log lines appear above the progress bar, not through it.
+      result = zoo.train_and_evaluate(config, workdir, progress=not args.no_progress)
   except zoo.ZooError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

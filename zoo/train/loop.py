@@ -179,7 +179,7 @@ def train_and_evaluate(
     values = jax.device_get(values)
     pending.clear()
     for s, v in zip(steps, values, strict=True):
-      if not math.isfinite(float(v["loss"])):
+      if cfg.stop_on_nonfinite and not math.isfinite(float(v["loss"])):
         checkpointer.wait()
         raise NonFiniteLossError(
           f"the training loss became {float(v['loss'])} at step {s}; the run stopped and the last good "
@@ -197,7 +197,7 @@ def train_and_evaluate(
 
   def save(step: int) -> None:
     nonlocal last_saved
-    flush(step)  # Never checkpoint a state whose loss was not finite.
+    flush(step)  # With stop_on_nonfinite, a state whose loss was not finite is never checkpointed.
     if step != last_saved:
       checkpointer.save(step, state)
       last_saved = step
@@ -212,7 +212,7 @@ def train_and_evaluate(
       pending.append((step + 1, metrics))
       bar.update(1)
       done = step + 1
-      if cfg.stop_on_nonfinite and done % cfg.log_every_steps == 0:
+      if done % cfg.log_every_steps == 0:
         flush(done)
       end_of_epoch = done % spe == 0
       is_last = done == exp.total_steps
@@ -220,9 +220,11 @@ def train_and_evaluate(
         flush(done)
         test_metrics = _summarise(evaluate(state, test_data))
         writer.write(done, "test", {"epoch": done / spe, **test_metrics})
-        bar.write(
-          f"step {done} (epoch {done / spe:g}): test "
-          + " ".join(f"{k} {v:.4f}" for k, v in test_metrics.items())
+        log.info(
+          "step %d (epoch %g): test %s",
+          done,
+          done / spe,
+          " ".join(f"{k} {v:.4f}" for k, v in test_metrics.items()),
         )
         if is_last or time.perf_counter() - last_plot > 60:  # A plot costs about a second.
           writer.plot()
