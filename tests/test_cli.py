@@ -101,3 +101,52 @@ def test_zoo_list_filters_by_kind_and_pattern():
   assert proc.stdout.split() == ["models", "(1):", "mnist_cnn"]
   proc = run("-m", "zoo", "list", "zzz_nothing")
   assert proc.returncode == 1
+
+
+def test_sigkilled_train_py_resumes_to_the_same_parameters(tmp_path):
+  """A real kill: SIGKILL train.py once it has written a checkpoint, rerun it, compare with a clean run."""
+  import signal
+  import time
+
+  import jax
+  import numpy as np
+
+  from zoo.train import Checkpointer
+
+  args = [
+    "--config",
+    "digits_mlp",
+    "--no-progress",
+    "--config.epochs=40",
+    "--config.checkpoint_every_steps=44",
+    "--config.model.kwargs.dropout=0.1",
+  ]
+  env = dict(os.environ, PYTHONPATH=str(REPO))
+  killed = tmp_path / "killed"
+  proc = subprocess.Popen(
+    [sys.executable, "train.py", "--workdir", str(killed), *args],
+    cwd=REPO,
+    env=env,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+  )
+  deadline = time.time() + 120
+  while time.time() < deadline and not any(p.name.isdigit() for p in (killed / "checkpoints").glob("*")):
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  steps = sorted(int(p.name) for p in (killed / "checkpoints").glob("*") if p.name.isdigit())
+  assert steps and steps[-1] < 40 * 44, "the kill came after the run had finished; nothing was tested"
+  assert run("train.py", "--workdir", str(killed), *args).returncode == 0
+  assert run("train.py", "--workdir", str(tmp_path / "clean"), *args).returncode == 0
+
+  def final(workdir):
+    ckpt = Checkpointer(workdir / "checkpoints")
+    restored = ckpt._manager.restore(ckpt.latest_step())
+    ckpt.close()
+    return ckpt.all_steps()[-1], restored
+
+  (step_a, a), (step_b, b) = final(killed), final(tmp_path / "clean")
+  assert step_a == step_b == 40 * 44
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO
+
 from zoo import platform
 from zoo.registry import ZooError
 
