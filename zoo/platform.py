@@ -95,22 +95,17 @@ def select_accelerator(name: str = "auto") -> str:
   return backend
 
 
-def cache_root() -> Path:
-  """The zoo's cache folder: $ZOO_CACHE_DIR, else $XDG_CACHE_HOME/zoo, else ~/.cache/zoo."""
-  if os.environ.get("ZOO_CACHE_DIR"):
-    return Path(os.environ["ZOO_CACHE_DIR"])
-  return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "zoo"
-
-
 def enable_compilation_cache() -> None:
-  """Turns on JAX's persistent compilation cache (in `cache_root()/jax`).
+  """Turns on JAX's persistent compilation cache (in the zoo's cache folder, `jax/`).
 
   Unless the user chose a folder or set ZOO_NO_COMPILATION_CACHE=1: a rerun, a resume or a test suite
   then skips the XLA compilations it did before.
   """
   import jax
 
+  from zoo.data.download import default_cache_dir
+
   if os.environ.get("ZOO_NO_COMPILATION_CACHE") == "1" or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     return
   if jax.config.jax_compilation_cache_dir is None:
-    jax.config.update("jax_compilation_cache_dir", str(cache_root() / "jax"))
+    jax.config.update("jax_compilation_cache_dir", str(default_cache_dir() / "jax"))
