@@ -1,4 +1,4 @@
-"""python train.py --config mnist_lenet5  # MNIST test accuracy 0.993 after 10 epochs
+"""python train.py --config mnist_lenet5  # MNIST test accuracy 0.994 after 10 epochs (~1 min on 2 CPU cores)
 
 LeNet-5 (LeCun et al. 1998; tanh, average pooling, 61,706 parameters) on MNIST padded to 32x32, with
 random shifts of up to 1 pixel (on the device), label smoothing 0.1, AdamW with a warmup-cosine schedule.
