@@ -61,7 +61,9 @@ def test_each_optimizer_decreases_a_regression_loss(name):
   y = x @ jnp.array([[1.0], [-2.0], [0.5], [3.0]]) + 0.7
   params = {"kernel": jnp.zeros((4, 1)), "bias": jnp.zeros((1,))}
   loss_fn = lambda p: jnp.mean((x @ p["kernel"] + p["bias"][None, :] - y) ** 2)
-  config = OptimizerConfig(name=name, learning_rate=0.05, weight_decay=1e-4, grad_clip_norm=10.0)
+  # Adagrad's steps shrink as 1/sqrt(t); LAMB's and Adafactor's scale with the (here zero) parameters' size.
+  learning_rate = {"adagrad": 0.5, "lamb": 0.5, "adafactor": 0.5}.get(name, 0.05)
+  config = OptimizerConfig(name=name, learning_rate=learning_rate, weight_decay=1e-4, grad_clip_norm=10.0)
   tx = create_optimizer(config, optax.constant_schedule(config.learning_rate))
 
   @jax.jit

@@ -56,6 +56,10 @@ class OptimizerConfig:
   weight_decay: float = 0.0  # decoupled (AdamW-style, multiplied by the rate), masked below
   weight_decay_mask: str = "no_bias_no_norm"  # all | no_bias_no_norm
   grad_clip_norm: float | None = None  # clip gradients to this global norm
+  grad_clip_value: float | None = None  # clip each gradient element to [-value, value]
+  normalize_gradients: bool = False  # divide each gradient tensor by its own L2 norm
+  accumulate_steps: int = 1  # average gradients over this many micro-batches per update
+  skip_nonfinite: bool = False  # skip (and count) updates whose gradients hold NaN or inf
   kwargs: dict[str, Any] = field(default_factory=dict)  # arguments of the named optimiser
 
 

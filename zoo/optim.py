@@ -1,9 +1,13 @@
 """Optimisers and learning-rate schedules by name, built only from optax pieces.
 
-An optimiser is `optax.chain(clip_by_global_norm, <named optimiser>)`; most named optimisers are
-`chain(direction, decoupled weight decay under a mask, scale by -learning_rate(step))`, which for Adam is
-exactly optax.adamw (Loshchilov & Hutter 2019, "Decoupled Weight Decay Regularization"). Adding one is
-one registered function; its keyword arguments are `optimizer.kwargs`, checked against its signature:
+An optimiser is `optax.chain(<gradient options>, <named optimiser>)` (clipping by value and by global norm,
+per-tensor normalisation; optionally accumulated over micro-batches and skipping non-finite gradients, see
+create_optimizer); most named optimisers are `chain(direction, decoupled weight decay under a mask, scale
+by -learning_rate(step))`, which for Adam is exactly optax.adamw (Loshchilov & Hutter 2019, "Decoupled
+Weight Decay Regularization"). Each equals optax's optimiser of that name at the same weight decay
+(adamw and nadamw take optimizer.weight_decay = 0 as optax's 1e-4); lamb and lars put the decay where optax
+does (inside the trust ratio), adafactor multiplies it by the rate. Adding one is one registered
+function; its keyword arguments are `optimizer.kwargs`, checked against its signature:
 
   @register_optimizer
   def lion(learning_rate, weight_decay, mask, b1: float = 0.9, b2: float = 0.99):
@@ -142,8 +146,191 @@ def adamw(
   return adam(learning_rate, weight_decay or 1e-4, mask, b1, b2, eps, eps_root)
 
 
+@register_optimizer
+def adagrad(
+  learning_rate: optax.Schedule,
+  weight_decay: float,
+  mask: Mask,
+  initial_accumulator_value: float = 0.1,
+  eps: float = 1e-7,
+) -> optax.GradientTransformation:
+  """Adagrad (Duchi et al. 2011), as optax.adagrad: g / sqrt(sum of g^2 so far + eps)."""
+  return _decoupled(optax.scale_by_rss(initial_accumulator_value, eps), learning_rate, weight_decay, mask)
+
+
+@register_optimizer
+def rmsprop(
+  learning_rate: optax.Schedule,
+  weight_decay: float,
+  mask: Mask,
+  decay: float = 0.9,
+  eps: float = 1e-8,
+  initial_scale: float = 0.0,
+  eps_in_sqrt: bool = True,
+  centered: bool = False,
+  momentum: float | None = None,
+  nesterov: bool = False,
+  bias_correction: bool = False,
+) -> optax.GradientTransformation:
+  """RMSProp (Hinton 2012; centered: Graves 2013), as optax.rmsprop; momentum, when set, follows the rate."""
+  scale = optax.scale_by_stddev if centered else optax.scale_by_rms
+  direction = scale(decay, eps, initial_scale, eps_in_sqrt, bias_correction)
+  decay_tx = optax.add_decayed_weights(weight_decay, mask) if weight_decay else optax.identity()
+  # optax keeps momentum of the already rate-scaled step (so a schedule change is smoothed), as here.
+  trace = optax.trace(momentum, nesterov) if momentum is not None else optax.identity()
+  return optax.chain(direction, decay_tx, optax.scale_by_learning_rate(learning_rate), trace)
+
+
+@register_optimizer
+def nadam(
+  learning_rate: optax.Schedule,
+  weight_decay: float,
+  mask: Mask,
+  b1: float = 0.9,
+  b2: float = 0.999,
+  eps: float = 1e-8,
+  eps_root: float = 0.0,
+) -> optax.GradientTransformation:
+  """NAdam (Dozat 2016), as optax.nadam; with optimizer.weight_decay > 0 it is NAdamW."""
+  direction = optax.scale_by_adam(b1, b2, eps, eps_root, nesterov=True)
+  return _decoupled(direction, learning_rate, weight_decay, mask)
+
+
+@register_optimizer
+def nadamw(
+  learning_rate: optax.Schedule,
+  weight_decay: float,
+  mask: Mask,
+  b1: float = 0.9,
+  b2: float = 0.999,
+  eps: float = 1e-8,
+  eps_root: float = 0.0,
+) -> optax.GradientTransformation:
+  """NAdamW = `nadam` with optimizer.weight_decay; 0 there means optax.nadamw's 1e-4 (as `adamw`)."""
+  return nadam(learning_rate, weight_decay or 1e-4, mask, b1, b2, eps, eps_root)
+
+
+@register_optimizer
+def lamb(
+  learning_rate: optax.Schedule,
+  weight_decay: float,
+  mask: Mask,
+  b1: float = 0.9,
+  b2: float = 0.999,
+  eps: float = 1e-6,
+  eps_root: float = 0.0,
+) -> optax.GradientTransformation:
+  """LAMB (You et al. 2020), as optax.lamb: the Adam step plus decay, rescaled per tensor by |p| / |step|."""
+  decay = optax.add_decayed_weights(weight_decay, mask) if weight_decay else optax.identity()
+  # The decay goes inside the trust ratio (the paper's r_t + lambda x_t), so it cannot be _decoupled.
+  return optax.chain(
+    optax.scale_by_adam(b1, b2, eps, eps_root),
+    decay,
+    optax.scale_by_trust_ratio(),
+    optax.scale_by_learning_rate(learning_rate),
+  )
+
+
+@register_optimizer
+def lars(
+  learning_rate: optax.Schedule,
+  weight_decay: float,
+  mask: Mask,
+  momentum: float = 0.9,
+  nesterov: bool = False,
+  trust_coefficient: float = 0.001,
+  eps: float = 0.0,
+  trust_ratio_mask: str = "all",
+) -> optax.GradientTransformation:
+  """LARS (You et al. 2017), as optax.lars: g + decay, times trust_coefficient |p| / |g + decay| per tensor.
+
+  trust_ratio_mask names the tensors that get the trust ratio, like optimizer.weight_decay_mask ('all' as
+  optax; 'no_bias_no_norm' as in many large-batch recipes, which also leave biases and norms alone).
+  """
+  decay = optax.add_decayed_weights(weight_decay, mask) if weight_decay else optax.identity()
+  trust = optax.scale_by_trust_ratio(trust_coefficient=trust_coefficient, eps=eps)
+  return optax.chain(
+    decay,
+    optax.masked(trust, weight_decay_mask(trust_ratio_mask)),
+    optax.scale_by_learning_rate(learning_rate),
+    optax.trace(momentum, nesterov),
+  )
+
+
+@register_optimizer
+def lion(
+  learning_rate: optax.Schedule, weight_decay: float, mask: Mask, b1: float = 0.9, b2: float = 0.99
+) -> optax.GradientTransformation:
+  """Lion (Chen et al. 2023), as optax.lion; its decay is optimizer.weight_decay (optax's default: 1e-3)."""
+  return _decoupled(optax.scale_by_lion(b1, b2), learning_rate, weight_decay, mask)
+
+
+@register_optimizer
+def adafactor(
+  learning_rate: optax.Schedule,
+  weight_decay: float,
+  mask: Mask,
+  min_dim_size_to_factor: int = 128,
+  decay_rate: float = 0.8,
+  decay_offset: int = 0,
+  multiply_by_parameter_scale: bool = True,
+  clipping_threshold: float | None = 1.0,
+  momentum: float | None = None,
+  eps: float = 1e-30,
+  factored: bool = True,
+) -> optax.GradientTransformation:
+  """Adafactor (Shazeer & Stern 2018), as optax.adafactor with the rate from the schedule.
+
+  optax adds its weight_decay_rate after the rate; here the decay is multiplied by the rate like every other
+  optimiser's (it is optax's with weight_decay_rate = weight_decay * learning_rate(step)).
+  """
+  tx = [optax.scale_by_factored_rms(factored, decay_rate, decay_offset, min_dim_size_to_factor, eps)]
+  if clipping_threshold is not None:
+    tx.append(optax.clip_by_block_rms(clipping_threshold))
+  tx.append(optax.scale_by_learning_rate(learning_rate, flip_sign=False))
+  if multiply_by_parameter_scale:
+    tx.append(optax.scale_by_param_block_rms())
+  if momentum is not None:
+    tx.append(optax.ema(momentum, debias=False))
+  if weight_decay:
+    tx.append(optax.add_decayed_weights(lambda count: weight_decay * learning_rate(count), mask))
+  tx.append(optax.scale(-1.0))
+  return optax.chain(*tx)
+
+
+# Gradients: per-tensor normalisation, and how create_optimizer wraps the named optimiser.
+
+
+def normalize_per_tensor() -> optax.GradientTransformation:
+  """Each gradient tensor divided by its own L2 norm (a zero tensor stays zero), so every step has norm 1."""
+
+  def update(updates: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
+    del params
+
+    def normalize(g: jax.Array) -> jax.Array:
+      norm = jnp.sqrt(jnp.sum(jnp.square(g)))
+      return g / jnp.where(norm > 0, norm, 1.0).astype(g.dtype)
+
+    return jax.tree.map(normalize, updates), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+# apply_if_finite gives up and applies the update after this many non-finite ones in a row: by then the run
+# is lost anyway (and the training loss, checked by the loop, is not finite either).
+MAX_CONSECUTIVE_NONFINITE = 1000
+
+
 def create_optimizer(config: OptimizerConfig, schedule: optax.Schedule) -> optax.GradientTransformation:
-  """`optax.chain(clip_by_global_norm, <config.name>)`, the rate read from `schedule` at each step."""
+  """<config.name> after the gradient options, the rate read from `schedule` at each step.
+
+  The chain is clip_by_value -> clip_by_global_norm -> per-tensor normalisation -> optimiser, each present
+  only when its option is set. With accumulate_steps = k > 1 it is wrapped in optax.MultiSteps: k calls
+  average their gradients, the first k - 1 return zero updates and the k-th applies the chain to the mean
+  (so clipping sees the mean gradient, as a k times larger batch would give). With skip_nonfinite the whole
+  is wrapped in optax.apply_if_finite: a call whose gradients hold NaN or inf returns zero updates, leaves
+  the state (and so the accumulated micro-batches) alone, and is counted in state.total_notfinite.
+  """
   fn = OPTIMIZERS.get(config.name)
   mask = weight_decay_mask(config.weight_decay_mask)
   if config.weight_decay < 0:
@@ -151,8 +338,24 @@ def create_optimizer(config: OptimizerConfig, schedule: optax.Schedule) -> optax
   clip = config.grad_clip_norm
   if clip is not None and clip <= 0:
     raise ZooError(f"optimizer.grad_clip_norm must be > 0 (or None for no clipping), got {clip}")
+  clip_value = config.grad_clip_value
+  if clip_value is not None and clip_value <= 0:
+    raise ZooError(f"optimizer.grad_clip_value must be > 0 (or None for no clipping), got {clip_value}")
+  accumulate = config.accumulate_steps
+  if not isinstance(accumulate, int) or isinstance(accumulate, bool) or accumulate < 1:
+    raise ZooError(f"optimizer.accumulate_steps must be an integer >= 1, got {accumulate!r}")
   tx = _call("optimizer", config.name, fn, (schedule, config.weight_decay, mask), config.kwargs)
-  return optax.chain(*([optax.clip_by_global_norm(clip)] if clip else []), tx)
+  tx = optax.chain(
+    *([optax.clip(clip_value)] if clip_value else []),
+    *([optax.clip_by_global_norm(clip)] if clip else []),
+    *([normalize_per_tensor()] if config.normalize_gradients else []),
+    tx,
+  )
+  if accumulate > 1:
+    tx = optax.MultiSteps(tx, every_k_schedule=accumulate).gradient_transformation()
+  if config.skip_nonfinite:
+    tx = optax.apply_if_finite(tx, max_consecutive_errors=MAX_CONSECUTIVE_NONFINITE)
+  return tx
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -217,6 +420,94 @@ def exponential(
 def linear(learning_rate: float, total_steps: int, alpha: float = 0.0) -> optax.Schedule:
   """Linear from learning_rate to alpha * learning_rate at total_steps."""
   return optax.linear_schedule(learning_rate, alpha * learning_rate, total_steps)
+
+
+@register_schedule
+def sgdr(
+  learning_rate: float, total_steps: int, period_steps: int, period_mult: int = 1, alpha: float = 0.0
+) -> optax.Schedule:
+  """Cosine with warm restarts (SGDR, Loshchilov & Hutter 2017; PyTorch's CosineAnnealingWarmRestarts).
+
+  Cosine from learning_rate to alpha * learning_rate over period_steps (T_0), then back to learning_rate
+  and again over period_mult times as long (T_mult, an integer as in the paper and PyTorch), and so on.
+  Written with jnp rather than optax.sgdr_schedule, which evaluates one cosine per period at every step.
+  """
+  if period_steps <= 0 or period_mult < 1:
+    raise ZooError(
+      f"schedule 'sgdr': needs period_steps > 0 and period_mult >= 1, got {period_steps}, {period_mult}"
+    )
+  floor = alpha * learning_rate
+  if period_mult == 1:
+    starts = lengths = None
+  else:  # Few periods (lengths grow geometrically): their starts, past the end of the run.
+    starts_list, lengths_list = [0], [period_steps]
+    while starts_list[-1] <= total_steps:
+      starts_list.append(starts_list[-1] + lengths_list[-1])
+      lengths_list.append(lengths_list[-1] * period_mult)
+    starts, lengths = jnp.array(starts_list), jnp.array(lengths_list, jnp.float32)
+
+  def schedule(count: Any) -> jax.Array:
+    count = jnp.asarray(count)
+    if starts is None:
+      t_cur, t_i = count % period_steps, period_steps
+    else:
+      i = jnp.sum(count >= starts[1:])
+      t_cur, t_i = count - starts[i], lengths[i]
+    frac = jnp.minimum(t_cur / t_i, 1.0)
+    return floor + (learning_rate - floor) * 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
+
+  return schedule
+
+
+@register_schedule
+def one_cycle(
+  learning_rate: float,
+  total_steps: int,
+  form: str = "cosine",
+  pct_start: float = 0.3,
+  div_factor: float = 25.0,
+  final_div_factor: float = 1e4,
+) -> optax.Schedule:
+  """One-cycle (Smith & Topin 2019): up from learning_rate / div_factor to learning_rate, then down.
+
+  The peak is at step int(pct_start * total_steps) and the end, at total_steps, is
+  learning_rate / (div_factor * final_div_factor) (the start divided by final_div_factor, as in PyTorch's
+  OneCycleLR). form='cosine' is optax.cosine_onecycle_schedule (cosine annealing in both phases, PyTorch's
+  default; PyTorch puts the peak and end one step earlier); form='linear' is Smith's triangular cycle,
+  linear in both phases (PyTorch's anneal_strategy='linear').
+  """
+  if form not in ("cosine", "linear"):
+    raise ZooError(f"schedule 'one_cycle': form must be 'cosine' or 'linear', got {form!r}")
+  if not 0.0 < pct_start < 1.0 or div_factor <= 0 or final_div_factor <= 0:
+    raise ZooError(
+      "schedule 'one_cycle': needs 0 < pct_start < 1 and positive div_factor, final_div_factor; got "
+      f"{pct_start}, {div_factor}, {final_div_factor}"
+    )
+  total_steps = max(total_steps, 2)
+  # At least one step up and one down, so that the shortest runs still have a cycle.
+  peak = min(max(int(pct_start * total_steps), 1), total_steps - 1)
+  scales = {peak: div_factor, total_steps: 1.0 / (div_factor * final_div_factor)}
+  return optax.piecewise_interpolate_schedule(form, learning_rate / div_factor, scales)
+
+
+@register_schedule
+def polynomial(
+  learning_rate: float,
+  total_steps: int,
+  power: float = 1.0,
+  alpha: float = 0.0,
+  transition_begin_steps: int = 0,
+) -> optax.Schedule:
+  """learning_rate until transition_begin_steps, then polynomial decay of `power` to alpha * learning_rate
+  at total_steps (optax.polynomial_schedule; PyTorch's PolynomialLR has alpha = 0 and power = 1)."""
+  if not 0 <= transition_begin_steps < max(total_steps, 1):
+    raise ZooError(
+      f"schedule 'polynomial': transition_begin_steps must be in [0, {total_steps}), "
+      f"got {transition_begin_steps}"
+    )
+  return optax.polynomial_schedule(
+    learning_rate, alpha * learning_rate, power, total_steps - transition_begin_steps, transition_begin_steps
+  )
 
 
 def create_schedule(

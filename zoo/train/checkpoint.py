@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,9 @@ class Checkpointer:
   def __init__(self, directory: str | Path, *, keep: int = 3):
     self.directory = Path(directory).resolve()
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True)
-    self._manager = ocp.CheckpointManager(self.directory, options=options)
+    self._manager = ocp.CheckpointManager(
+      self.directory, options=options, item_handlers=ocp.StandardCheckpointHandler()
+    )
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -37,6 +40,14 @@ class Checkpointer:
   def restore(self, target: Any, step: int | None = None) -> Any:
     """Restores checkpoint `step` (default: the newest) into `target`'s structure, dtypes, shardings."""
     step = self.latest_step() if step is None else step
+    # Compare shapes first: a restore into the wrong shapes fails deep inside Orbax's async readers.
+    saved = Counter(tuple(m.shape) for m in jax.tree.leaves(self._manager.item_metadata(step).tree))
+    wanted = Counter(tuple(x.shape) for x in jax.tree.leaves(target))
+    if saved != wanted:
+      only_saved, only_wanted = sorted((saved - wanted).elements()), sorted((wanted - saved).elements())
+      raise ValueError(
+        f"the checkpoint holds arrays of shapes {only_saved[:4]} where this state has {only_wanted[:4]}"
+      )
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
     return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
 
