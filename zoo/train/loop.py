@@ -164,6 +164,8 @@ def train_and_evaluate(
   evaluate = make_eval_fn(exp.model, exp.task, exp.preprocess)
   n_train, spe = len(ds.x_train), exp.steps_per_epoch
 
+  # With optimizer.skip_nonfinite the optimiser skips such updates itself (and counts them).
+  stop_on_nonfinite = cfg.stop_on_nonfinite and not cfg.optimizer.skip_nonfinite
   pending: list[tuple[int, Any]] = []  # Metrics still on the device, read in one go at each log step.
   last_saved = start_step
   test_metrics: dict[str, float] = {}
@@ -179,7 +181,7 @@ def train_and_evaluate(
     values = jax.device_get(values)
     pending.clear()
     for s, v in zip(steps, values, strict=True):
-      if cfg.stop_on_nonfinite and not math.isfinite(float(v["loss"])):
+      if stop_on_nonfinite and not math.isfinite(float(v["loss"])):
         checkpointer.wait()
         raise NonFiniteLossError(
           f"the training loss became {float(v['loss'])} at step {s}; the run stopped and the last good "
