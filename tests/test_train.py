@@ -117,3 +117,50 @@ def test_resuming_with_a_different_model_is_a_clear_error(tiny_config, tmp_path)
   changed = tiny_config(epochs=2, model__kwargs={"hidden_sizes": (48,)})
   with pytest.raises(ZooError, match="does not fit this config"):
     train_and_evaluate(changed, tmp_path, progress=False)
+
+
+def _noise_dataset():
+  """Labels independent of the inputs: the network can only memorise, so validation loss rises."""
+  from zoo.data import Dataset
+
+  rng = np.random.default_rng(0)
+  x = rng.integers(0, 256, (400, 8, 8, 1), dtype=np.uint8)
+  y = rng.integers(0, 3, 400).astype(np.int32)
+  return Dataset("noise", x[:300], y[:300], x[300:], y[300:], num_classes=3, pixel_max=255.0)
+
+
+def test_validation_split_is_carved_from_training_data(tiny_config, tmp_path):
+  config = tiny_config(epochs=1, data__validation_split=0.25)
+  result = train_and_evaluate(config, tmp_path, progress=False)
+  assert result["step"] == (256 - 64) // 32
+  records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert {r["split"] for r in records} == {"train", "validation", "test"}
+  with pytest.raises(ZooError, match="validation_split=1.0"):
+    train_and_evaluate(tiny_config(data__validation_split=1.0), tmp_path / "bad", progress=False)
+
+
+def test_early_stopping_stops_on_rising_validation_loss_and_restores_the_best(tiny_config, tmp_path):
+  config = tiny_config(epochs=40, data__validation_split=0.25, model__kwargs={"hidden_sizes": (256,)})
+  config.early_stopping.patience = 3
+  config.early_stopping.restore_best = True
+  result = train_and_evaluate(config, tmp_path, progress=False, dataset=_noise_dataset())
+  records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  val = [(r["step"], r["loss"]) for r in records if r["split"] == "validation"]
+  assert result["stopped_early"] and len(val) < 40
+  best_step, best_loss = min(val, key=lambda v: v[1])
+  assert result["best"] == {"split": "validation", "step": best_step, "loss": best_loss}
+  assert all(loss > best_loss for _, loss in val[-3:])  # Stopped after `patience` evaluations without a gain.
+  assert val[-1][0] == best_step + 3 * (225 // 32)
+  assert result["step"] == best_step  # The parameters returned are the best evaluation's.
+  # A rerun neither trains on nor forgets the best.
+  again = train_and_evaluate(config, tmp_path, progress=False, dataset=_noise_dataset())
+  assert again["step"] == best_step and again["stopped_early"]
+  assert _leaves_equal(result["state"].params, again["state"].params)
+
+
+def test_early_stopping_metric_must_exist(tiny_config, tmp_path):
+  config = tiny_config(epochs=1)
+  config.early_stopping.patience = 2
+  config.early_stopping.metric = "f1"
+  with pytest.raises(ZooError, match="'f1' is not a test metric; this task reports: accuracy, loss"):
+    train_and_evaluate(config, tmp_path, progress=False)

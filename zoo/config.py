@@ -44,6 +44,9 @@ class DataConfig:
   # Use only the first N examples of a split (smoke runs, quick experiments); None uses all.
   max_train_examples: int | None = None
   max_test_examples: int | None = None
+  # Carve this fraction of the training split out as a validation split (a seeded permutation, fixed
+  # for a given `seed`); the best-checkpoint and early stopping watch it.
+  validation_split: float = 0.0
   # On-device augmentation of training batches: name -> kwargs, applied in order (zoo/data/augment.py),
   # e.g. {"random_shift": {"pixels": 2}}; on the command line: data.augment.random_shift.pixels=2.
   augment: dict[str, Any] = field(default_factory=dict)
@@ -77,12 +80,24 @@ class TaskConfig:
 
 
 @dataclass
+class EarlyStoppingConfig:
+  """Watches one metric of the validation split (of the test split when there is none) at each evaluation."""
+
+  patience: int | None = None  # stop after this many evaluations without improvement; None: never stop
+  metric: str = "loss"
+  mode: str = "min"  # min | max: whether a smaller or a larger value is better
+  min_delta: float = 0.0  # an improvement must beat the best value by more than this
+  restore_best: bool = False  # end the run with the best evaluation's parameters (kept in best_checkpoint/)
+
+
+@dataclass
 class Config:
   model: ModelConfig = field(default_factory=ModelConfig)
   data: DataConfig = field(default_factory=DataConfig)
   optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
   schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
   task: TaskConfig = field(default_factory=TaskConfig)
+  early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
   seed: int = 0
   epochs: int = 10
   steps: int | None = None  # total training steps; when set it replaces `epochs`

@@ -21,6 +21,7 @@ from zoo.optim import create_optimizer, create_schedule
 from zoo.registry import ZooError
 from zoo.tasks import create_task
 from zoo.train.checkpoint import Checkpointer
+from zoo.train.early_stopping import BestTracker
 from zoo.train.state import count_params, create_train_state
 from zoo.train.steps import make_eval_fn, make_train_step, normalizer
 from zoo.train.writers import MetricWriter
@@ -47,6 +48,7 @@ class Experiment:
   mean: np.ndarray
   std: np.ndarray
   augment: Any = None
+  validation: tuple[np.ndarray, np.ndarray] | None = None  # (inputs, labels) carved from the training split
 
   @property
   def preprocess(self):
@@ -63,6 +65,7 @@ def build(config: config_lib.Config, dataset: Dataset | None = None) -> Experime
     x_test=dataset.x_test[: config.data.max_test_examples],
     y_test=dataset.y_test[: config.data.max_test_examples],
   )
+  dataset, validation = _carve_validation(dataset, config.data.validation_split, config.seed)
   model_kwargs = dict(config.model.kwargs)
   model_kwargs.setdefault("num_classes", dataset.num_classes)
   model = create_model(config.model.name, **model_kwargs)
@@ -80,8 +83,22 @@ def build(config: config_lib.Config, dataset: Dataset | None = None) -> Experime
   mean, std = normalization_stats(dataset.x_train, config.data.normalization, dataset.pixel_max)
   augment = create_augmentation(config.data.augment)
   return Experiment(
-    config, dataset, model, task, tx, schedule, steps_per_epoch, total_steps, mean, std, augment
+    config, dataset, model, task, tx, schedule, steps_per_epoch, total_steps, mean, std, augment, validation
   )
+
+
+def _carve_validation(dataset: Dataset, fraction: float, seed: int):
+  """Splits `fraction` of the training examples off as a validation split (seeded by `seed`)."""
+  if fraction == 0:
+    return dataset, None
+  n = len(dataset.x_train)
+  n_val = round(fraction * n)
+  if not 0 < n_val < n:
+    raise ZooError(f"data.validation_split={fraction} leaves no training or no validation examples (of {n})")
+  perm = np.random.default_rng(seed).permutation(n)
+  val, train = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+  carved = dataclasses.replace(dataset, x_train=dataset.x_train[train], y_train=dataset.y_train[train])
+  return carved, (dataset.x_train[val], dataset.y_train[val])
 
 
 def epoch_permutation(data_rng: jax.Array, epoch: int | jax.Array, n: int) -> jax.Array:
@@ -163,6 +180,14 @@ def train_and_evaluate(
   )
   evaluate = make_eval_fn(exp.model, exp.task, exp.preprocess)
   n_train, spe = len(ds.x_train), exp.steps_per_epoch
+  splits = {"test": test_data}
+  if exp.validation is not None:
+    splits = {"validation": eval_batches(*exp.validation, cfg.data.eval_batch_size), **splits}
+  watched = "validation" if "validation" in splits else "test"
+  tracker = BestTracker(cfg.early_stopping, watched)
+  tracker.replay(writer.history)
+  keep_best = cfg.early_stopping.patience is not None or cfg.early_stopping.restore_best
+  best_checkpointer = Checkpointer(workdir / "best_checkpoint", keep=1) if keep_best else None
 
   # With optimizer.skip_nonfinite the optimiser skips such updates itself (and counts them).
   stop_on_nonfinite = cfg.stop_on_nonfinite and not cfg.optimizer.skip_nonfinite
@@ -205,8 +230,9 @@ def train_and_evaluate(
       last_saved = step
 
   perm = None
+  stopped_early = tracker.should_stop  # A rerun of a run that stopped early does not train on.
   try:
-    for step in range(start_step, exp.total_steps):
+    for step in range(start_step, exp.total_steps if not stopped_early else start_step):
       epoch = step // spe
       if perm is None or step % spe == 0:
         perm = epoch_permutation(data_rng, epoch, n_train)
@@ -220,35 +246,65 @@ def train_and_evaluate(
       is_last = done == exp.total_steps
       if (end_of_epoch and (done // spe) % cfg.eval_every_epochs == 0) or is_last:
         flush(done)
-        test_metrics = _summarise(evaluate(state, test_data))
-        writer.write(done, "test", {"epoch": done / spe, **test_metrics})
-        log.info(
-          "step %d (epoch %g): test %s",
-          done,
-          done / spe,
-          " ".join(f"{k} {v:.4f}" for k, v in test_metrics.items()),
-        )
+        evaluations = {name: _summarise(evaluate(state, data)) for name, data in splits.items()}
+        for name, values in evaluations.items():
+          writer.write(done, name, {"epoch": done / spe, **values})
+          log.info("step %d (epoch %g): %s %s", done, done / spe, name, _format(values))
+        test_metrics = evaluations["test"]
+        if tracker.update(done, evaluations[watched]) and best_checkpointer is not None:
+          best_checkpointer.save(done, state)
+        stopped_early = tracker.should_stop
         if is_last or time.perf_counter() - last_plot > 60:  # A plot costs about a second.
           writer.plot()
           last_plot = time.perf_counter()
         save(done)
+        if stopped_early:
+          log.info(
+            "early stopping at step %d: %s %s has not improved for %d evaluations (best %.4f at step %d)",
+            done,
+            watched,
+            cfg.early_stopping.metric,
+            tracker.since_best,
+            tracker.best,
+            tracker.best_step,
+          )
+          break
       elif done % cfg.checkpoint_every_steps == 0:
         save(done)
-    if start_step >= exp.total_steps:  # Already finished: report the final evaluation again.
+    flush(int(state.step))
+    if cfg.early_stopping.restore_best and tracker.best_step not in (None, int(state.step)):
+      best_checkpointer.wait()
+      state = best_checkpointer.restore(state, tracker.best_step)
+      log.info(
+        "restored the parameters of step %d (best %s %s %.4f)",
+        tracker.best_step,
+        watched,
+        cfg.early_stopping.metric,
+        tracker.best,
+      )
+      test_metrics = {}
+    if not test_metrics:  # Restored, or already finished: evaluate the final parameters.
       test_metrics = _summarise(evaluate(state, test_data))
-    flush(exp.total_steps)
   finally:
     bar.close()
     checkpointer.close()
+    if best_checkpointer is not None:
+      best_checkpointer.close()
     writer.close()
   result = {
-    "step": int(exp.total_steps),
+    "step": int(state.step),
+    "stopped_early": bool(stopped_early),
+    "best": {"split": watched, "step": tracker.best_step, cfg.early_stopping.metric: tracker.best},
     "test": test_metrics,
     "train": next((r for r in reversed(writer.history) if r["split"] == "train"), {}),
   }
   (workdir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
   result["state"] = state
   return result
+
+
+def _format(metrics: dict[str, float]) -> str:
+  return " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
 
 
 def _write_config(workdir: Path, cfg: config_lib.Config) -> None:
