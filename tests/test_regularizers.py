@@ -60,7 +60,9 @@ def test_penalty_value_and_gradient_match_numpy():
 def test_penalty_pattern_and_zero_coefficients():
   params = make_params()
   b = params["Dense_0"]["bias"]
-  np.testing.assert_allclose(penalty(params, l1=2.0, pattern="Dense_0/bias"), 2.0 * np.abs(b).sum(), rtol=1e-5)
+  np.testing.assert_allclose(
+    penalty(params, l1=2.0, pattern="Dense_0/bias"), 2.0 * np.abs(b).sum(), rtol=1e-5
+  )
   assert float(penalty(params)) == 0.0
   with pytest.raises(ZooError, match="matches no parameter"):
     penalty(params, l2=1.0, pattern="*kernal")

@@ -32,6 +32,17 @@ def test_trains_and_writes_the_workdir(tiny_config, tmp_path):
   assert (tmp_path / "curves.png").stat().st_size > 1000
   assert any((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
   assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())[-1] == 32
+  # The end-of-run classification report on the test split agrees with the evaluation.
+  assert result["report"]["accuracy"] == pytest.approx(result["test"]["accuracy"])
+  assert "precision" in (tmp_path / "report.txt").read_text()
+  assert (tmp_path / "confusion.png").stat().st_size > 1000
+
+
+def test_binary_task_reports_roc_auc(tiny_config, tmp_path):
+  config = tiny_config(data__name="synthetic_tabular", data__kwargs={"num_classes": 2})
+  result = train_and_evaluate(config, tmp_path, progress=False)
+  assert 0.5 < result["report"]["roc_auc"] <= 1.0
+  assert "ROC-AUC" in (tmp_path / "report.txt").read_text() and (tmp_path / "roc.png").exists()
 
 
 def test_train_step_compiles_once(tiny_config, tmp_path, monkeypatch):

@@ -154,7 +154,9 @@ def max_norm(
       if not selected:
         return u
       new = p + u
-      norms = jnp.sqrt(jnp.sum(jnp.square(new.astype(jnp.float32)), _fan_in_axes(new.ndim, axis), keepdims=True))
+      norms = jnp.sqrt(
+        jnp.sum(jnp.square(new.astype(jnp.float32)), _fan_in_axes(new.ndim, axis), keepdims=True)
+      )
       too_long = norms > max_value
       # The guard keeps the division finite where the norm is 0 (not selected by too_long anyway).
       scale = max_value / jnp.where(too_long, norms, 1.0)

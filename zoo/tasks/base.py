@@ -24,3 +24,8 @@ class Task:
     """Metric *sums* over the batch's real examples (masked); the trainer adds them up and divides by
     the summed `count`."""
     raise NotImplementedError
+
+  def write_report(self, outputs: Any, labels: Any, workdir: Any) -> dict[str, Any]:
+    """Writes the task's end-of-run report on the test split into `workdir` (host arrays, padding
+    removed); returns a summary to add to the run's result. Default: nothing."""
+    return {}

@@ -23,7 +23,7 @@ from zoo.tasks import create_task
 from zoo.train.checkpoint import Checkpointer
 from zoo.train.early_stopping import BestTracker
 from zoo.train.state import count_params, create_train_state
-from zoo.train.steps import make_eval_fn, make_train_step, normalizer
+from zoo.train.steps import make_eval_fn, make_predict_fn, make_train_step, normalizer
 from zoo.train.writers import MetricWriter
 
 log = logging.getLogger(__name__)
@@ -285,6 +285,9 @@ def train_and_evaluate(
       test_metrics = {}
     if not test_metrics:  # Restored, or already finished: evaluate the final parameters.
       test_metrics = _summarise(evaluate(state, test_data))
+    outputs = jax.device_get(make_predict_fn(exp.model, exp.preprocess)(state, test_data))
+    n_test = len(ds.x_test)
+    report = exp.task.write_report(outputs.reshape(-1, *outputs.shape[2:])[:n_test], ds.y_test, workdir)
   finally:
     bar.close()
     checkpointer.close()
@@ -294,6 +297,7 @@ def train_and_evaluate(
   result = {
     "step": int(state.step),
     "stopped_early": bool(stopped_early),
+    "report": report,
     "best": {"split": watched, "step": tracker.best_step, cfg.early_stopping.metric: tracker.best},
     "test": test_metrics,
     "train": next((r for r in reversed(writer.history) if r["split"] == "train"), {}),

@@ -108,3 +108,16 @@ def make_eval_fn(
     return totals
 
   return evaluate
+
+
+def make_predict_fn(model: nn.Module, preprocess: Callable[[jax.Array], jax.Array]) -> Callable:
+  """Returns `predict(state, data) -> outputs (num_batches, B, ...)` for batches stacked as in evaluation."""
+
+  @jax.jit
+  def predict(state: TrainState, data: Data) -> jax.Array:
+    def body(_, batch):
+      return None, apply_model(model, state.variables(), preprocess(batch["input"]), train=False)[0]
+
+    return jax.lax.scan(body, None, data)[1]
+
+  return predict
