@@ -122,7 +122,7 @@ def test_spectral_norm_converges_to_unit_singular_value():
   np.testing.assert_allclose(np.linalg.svd(w, compute_uv=False)[0], 1.0, rtol=1e-3)
   np.testing.assert_allclose(w * np.linalg.svd(kernel, compute_uv=False)[0], kernel, rtol=1e-3, atol=1e-5)
 
-  # Eval writes nothing: without `mutable` it returns only the output, and the state is unchanged by train=False.
+  # Eval (train=False) writes nothing, even with the collection mutable.
   _, unchanged = layer.apply({"params": params, "spectral": spectral}, x, mutable=["spectral"])
   for a, b in zip(jax.tree.leaves(unchanged), jax.tree.leaves(spectral), strict=True):
     np.testing.assert_array_equal(a, b)
