@@ -175,3 +175,25 @@ def test_early_stopping_metric_must_exist(tiny_config, tmp_path):
   config.early_stopping.metric = "f1"
   with pytest.raises(ZooError, match="'f1' is not a test metric; this task reports: accuracy, loss"):
     train_and_evaluate(config, tmp_path, progress=False)
+
+
+def test_penalties_and_max_norm_act_in_training(tiny_config, tmp_path):
+  from zoo.regularizers import penalty
+
+  config = tiny_config(epochs=2)
+  config.regularization.l1 = 1e-3
+  config.regularization.l2 = 1e-2
+  config.optimizer.max_norm = 0.5
+  result = train_and_evaluate(config, tmp_path, progress=False)
+  params = result["state"].params
+  records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  last = [r for r in records if r["split"] == "train"][-1]
+  assert last["penalty"] > 0
+  # The last logged penalty is of parameters a few steps old: close to, not equal to, the final one.
+  assert last["penalty"] == pytest.approx(float(penalty(params, l1=1e-3, l2=1e-2)), rel=0.2)
+  for name in ("Dense_0", "Dense_1"):
+    norms = np.linalg.norm(np.asarray(params[name]["kernel"]), axis=0)
+    assert norms.max() <= 0.5 + 1e-5
+  config.regularization.pattern = "*kernal"
+  with pytest.raises(ZooError, match="kernal"):
+    train_and_evaluate(config, tmp_path / "typo", progress=False)

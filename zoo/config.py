@@ -63,6 +63,10 @@ class OptimizerConfig:
   normalize_gradients: bool = False  # divide each gradient tensor by its own L2 norm
   accumulate_steps: int = 1  # average gradients over this many micro-batches per update
   skip_nonfinite: bool = False  # skip (and count) updates whose gradients hold NaN or inf
+  # Max-norm constraint (Srivastava et al. 2014): after each update, every weight vector of the kernels
+  # matching `max_norm_pattern` (its fan-in) is scaled back to this L2 norm when longer.
+  max_norm: float | None = None
+  max_norm_pattern: str = "*kernel"
   kwargs: dict[str, Any] = field(default_factory=dict)  # arguments of the named optimiser
 
 
@@ -71,6 +75,17 @@ class ScheduleConfig:
   name: str = "constant"
   # Arguments of the named schedule. Durations end in `_steps` or `_epochs` (converted to steps once).
   kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RegularizationConfig:
+  """Penalties added to the training loss, on the parameters whose '/'-joined path matches `pattern`
+  (comma-separated shell patterns, e.g. 'Dense_*/kernel'): l1 * sum|w| + l2 / 2 * sum w^2 (elastic net
+  when both are set)."""
+
+  l1: float = 0.0
+  l2: float = 0.0
+  pattern: str = "*kernel"
 
 
 @dataclass
@@ -97,6 +112,7 @@ class Config:
   optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
   schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
   task: TaskConfig = field(default_factory=TaskConfig)
+  regularization: RegularizationConfig = field(default_factory=RegularizationConfig)
   early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
   seed: int = 0
   epochs: int = 10

@@ -37,6 +37,7 @@ import optax
 
 from zoo.config import OptimizerConfig, ScheduleConfig, check_type
 from zoo.registry import Registry, ZooError, call_with_checked_kwargs, close_matches
+from zoo.regularizers import max_norm
 
 OPTIMIZERS: Registry = Registry("optimizer")
 SCHEDULES: Registry = Registry("schedule")
@@ -350,6 +351,8 @@ def create_optimizer(config: OptimizerConfig, schedule: optax.Schedule) -> optax
     *([optax.clip_by_global_norm(clip)] if clip else []),
     *([normalize_per_tensor()] if config.normalize_gradients else []),
     tx,
+    # Last: it needs the final update to project the updated weights.
+    *([max_norm(config.max_norm, pattern=config.max_norm_pattern)] if config.max_norm is not None else []),
   )
   if accumulate > 1:
     tx = optax.MultiSteps(tx, every_k_schedule=accumulate).gradient_transformation()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -15,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from zoo import config as config_lib
+from zoo import regularizers
 from zoo.data import Dataset, create_augmentation, load_dataset, normalization_stats
 from zoo.models import create_model
 from zoo.optim import create_optimizer, create_schedule
@@ -177,6 +179,7 @@ def train_and_evaluate(
     steps_per_epoch=exp.steps_per_epoch,
     preprocess=exp.preprocess,
     augment=exp.augment,
+    penalty=_penalty(cfg.regularization),
   )
   evaluate = make_eval_fn(exp.model, exp.task, exp.preprocess)
   n_train, spe = len(ds.x_train), exp.steps_per_epoch
@@ -305,6 +308,12 @@ def train_and_evaluate(
   (workdir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
   result["state"] = state
   return result
+
+
+def _penalty(reg: config_lib.RegularizationConfig):
+  if not (reg.l1 or reg.l2):
+    return None
+  return functools.partial(regularizers.penalty, l1=reg.l1, l2=reg.l2, pattern=reg.pattern)
 
 
 def _format(metrics: dict[str, float]) -> str:

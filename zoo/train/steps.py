@@ -44,6 +44,7 @@ def make_train_step(
   steps_per_epoch: int,
   preprocess: Callable[[jax.Array], jax.Array],
   augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+  penalty: Callable[[Any], jax.Array] | None = None,
 ) -> Callable:
   """Returns `train_step(state, data, perm, rng) -> (state, metrics)`, jitted once, state donated.
 
@@ -68,6 +69,9 @@ def make_train_step(
         model, {"params": params, **state.model_state}, batch["input"], train=True, rng=step_rng
       )
       loss, metrics = task.loss(outputs, batch)
+      if penalty is not None:  # Logged apart: metrics["loss"] stays the task's loss.
+        metrics = dict(metrics, penalty=penalty(params))
+        loss = loss + metrics["penalty"]
       return loss, (metrics, new_model_state)
 
     (_, (metrics, new_model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
