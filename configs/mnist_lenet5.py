@@ -4,20 +4,12 @@ LeNet-5 (LeCun et al. 1998; tanh, average pooling, 61,706 parameters) on MNIST p
 random shifts of up to 1 pixel (on the device), label smoothing 0.1, AdamW with a warmup-cosine schedule.
 """
 
-from zoo.config import Config, shrink_for_smoke
+from zoo.config import Config
+from zoo.config import get_config as named_config
 
 
 def get_config(smoke: bool = False) -> Config:
-  c = Config()
+  c = named_config("mnist_cnn", smoke=smoke)  # mnist_cnn's recipe, for another network and 10 epochs.
   c.model.name = "lenet5"
-  c.data.name = "mnist"
-  c.data.batch_size = 128
-  c.data.augment = {"random_shift": {"pixels": 1}}
-  c.task.kwargs = dict(label_smoothing=0.1)
-  c.optimizer.name = "adamw"
-  c.optimizer.learning_rate = 2e-3
-  c.optimizer.weight_decay = 1e-4
-  c.schedule.name = "warmup_cosine"
-  c.schedule.kwargs = dict(warmup_epochs=0.5)
   c.epochs = 10
-  return shrink_for_smoke(c) if smoke else c
+  return c
