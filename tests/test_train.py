@@ -197,3 +197,25 @@ def test_penalties_and_max_norm_act_in_training(tiny_config, tmp_path):
   config.regularization.pattern = "*kernal"
   with pytest.raises(ZooError, match="kernal"):
     train_and_evaluate(config, tmp_path / "typo", progress=False)
+
+
+def test_reduce_on_plateau_cuts_the_rate_when_validation_loss_rises(tiny_config, tmp_path):
+  config = tiny_config(epochs=6, data__validation_split=0.25, model__kwargs={"hidden_sizes": (256,)})
+  config.reduce_on_plateau.patience = 1
+  config.reduce_on_plateau.factor = 0.5
+  train_and_evaluate(config, tmp_path, progress=False, dataset=_noise_dataset())
+  records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  val = [r for r in records if r["split"] == "validation"]
+  # Expected scale after each evaluation, from the logged validation losses alone.
+  best, scale, expected = float("inf"), 1.0, []
+  for r in val:
+    if r["loss"] < best:
+      best = r["loss"]
+    else:
+      scale *= 0.5
+    expected.append((r["step"], scale))
+  assert expected[-1][1] < 1.0  # The loss did rise: the rate was cut.
+  train = {r["step"]: r["learning_rate"] for r in records if r["split"] == "train"}
+  spe = 225 // 32
+  for step, scale in expected[:-1]:  # The rate logged in the next epoch carries the scale.
+    assert train[step + spe] == pytest.approx(config.optimizer.learning_rate * scale)

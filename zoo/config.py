@@ -106,6 +106,19 @@ class EarlyStoppingConfig:
 
 
 @dataclass
+class PlateauConfig:
+  """Reduce-on-plateau: multiply the learning rate by `factor` when the watched metric (as for early
+  stopping: validation split, else test) has not improved for `patience` evaluations."""
+
+  patience: int | None = None  # None: off
+  factor: float = 0.2
+  min_scale: float = 1e-3  # never below this fraction of the schedule's rate
+  metric: str = "loss"
+  mode: str = "min"
+  min_delta: float = 0.0
+
+
+@dataclass
 class Config:
   model: ModelConfig = field(default_factory=ModelConfig)
   data: DataConfig = field(default_factory=DataConfig)
@@ -114,6 +127,7 @@ class Config:
   task: TaskConfig = field(default_factory=TaskConfig)
   regularization: RegularizationConfig = field(default_factory=RegularizationConfig)
   early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+  reduce_on_plateau: PlateauConfig = field(default_factory=PlateauConfig)
   seed: int = 0
   epochs: int = 10
   steps: int | None = None  # total training steps; when set it replaces `epochs`

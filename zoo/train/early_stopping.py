@@ -6,7 +6,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from zoo.config import EarlyStoppingConfig
+from zoo.config import EarlyStoppingConfig, PlateauConfig
 from zoo.registry import ZooError
 
 
@@ -17,11 +17,13 @@ class BestTracker:
   (`replay`) instead of checkpointing it.
   """
 
-  def __init__(self, config: EarlyStoppingConfig, split: str):
+  def __init__(self, config: EarlyStoppingConfig | PlateauConfig, split: str):
+    section = "early_stopping" if isinstance(config, EarlyStoppingConfig) else "reduce_on_plateau"
     if config.mode not in ("min", "max"):
-      raise ZooError(f"early_stopping.mode must be 'min' or 'max', got {config.mode!r}")
+      raise ZooError(f"{section}.mode must be 'min' or 'max', got {config.mode!r}")
     if config.patience is not None and config.patience < 1:
-      raise ZooError(f"early_stopping.patience must be >= 1 or None, got {config.patience}")
+      raise ZooError(f"{section}.patience must be >= 1 or None, got {config.patience}")
+    self.section = section
     self.config, self.split = config, split
     self.best: float | None = None
     self.best_step: int | None = None
@@ -31,7 +33,7 @@ class BestTracker:
     """Records one evaluation; True when it is the best so far."""
     if self.config.metric not in metrics:
       raise ZooError(
-        f"early_stopping.metric {self.config.metric!r} is not a {self.split} metric; "
+        f"{self.section}.metric {self.config.metric!r} is not a {self.split} metric; "
         f"this task reports: {', '.join(sorted(metrics))}"
       )
     value = metrics[self.config.metric]
@@ -53,3 +55,21 @@ class BestTracker:
   @property
   def should_stop(self) -> bool:
     return self.config.patience is not None and self.since_best >= self.config.patience
+
+
+class PlateauScaler(BestTracker):
+  """Reduce-on-plateau as a learning-rate scale: `factor` times smaller after `patience` evaluations
+  without improvement, then the count starts again. Like BestTracker, a function of the evaluations."""
+
+  def __init__(self, config: PlateauConfig, split: str):
+    super().__init__(config, split)
+    if not 0 < config.factor < 1:
+      raise ZooError(f"reduce_on_plateau.factor must be between 0 and 1, got {config.factor}")
+    self.scale = 1.0
+
+  def update(self, step: int, metrics: dict[str, float]) -> bool:
+    improved = super().update(step, metrics)
+    if self.should_stop:
+      self.scale = max(self.scale * self.config.factor, self.config.min_scale)
+      self.since_best = 0
+    return improved

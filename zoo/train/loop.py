@@ -23,7 +23,7 @@ from zoo.optim import create_optimizer, create_schedule
 from zoo.registry import ZooError
 from zoo.tasks import create_task
 from zoo.train.checkpoint import Checkpointer
-from zoo.train.early_stopping import BestTracker
+from zoo.train.early_stopping import BestTracker, PlateauScaler
 from zoo.train.state import count_params, create_train_state
 from zoo.train.steps import make_eval_fn, make_predict_fn, make_train_step, normalizer
 from zoo.train.writers import MetricWriter
@@ -189,6 +189,9 @@ def train_and_evaluate(
   watched = "validation" if "validation" in splits else "test"
   tracker = BestTracker(cfg.early_stopping, watched)
   tracker.replay(writer.history)
+  plateau = PlateauScaler(cfg.reduce_on_plateau, watched) if cfg.reduce_on_plateau.patience else None
+  if plateau is not None:
+    plateau.replay(writer.history)  # Its scale is also in the checkpointed state; this restores its count.
   keep_best = cfg.early_stopping.patience is not None or cfg.early_stopping.restore_best
   best_checkpointer = Checkpointer(workdir / "best_checkpoint", keep=1) if keep_best else None
 
@@ -257,6 +260,17 @@ def train_and_evaluate(
         if tracker.update(done, evaluations[watched]) and best_checkpointer is not None:
           best_checkpointer.save(done, state)
         stopped_early = tracker.should_stop
+        if plateau is not None:
+          plateau.update(done, evaluations[watched])
+          if plateau.scale != float(state.lr_scale):
+            log.info(
+              "step %d: %s %s on a plateau; learning rate x%g",
+              done,
+              watched,
+              plateau.config.metric,
+              plateau.scale,
+            )
+            state = state.replace(lr_scale=jnp.asarray(plateau.scale, jnp.float32))
         if is_last or time.perf_counter() - last_plot > 60:  # A plot costs about a second.
           writer.plot()
           last_plot = time.perf_counter()

@@ -25,6 +25,7 @@ class TrainState:
   params: Any
   opt_state: Any
   model_state: Any
+  lr_scale: jax.Array  # () float32: reduce-on-plateau's factor on the schedule's rate (1 otherwise)
 
   def variables(self) -> dict[str, Any]:
     return {"params": self.params, **self.model_state}
@@ -48,7 +49,11 @@ def create_train_state(
     variables = init_variables(model, example_input, rng)
     params = variables.pop("params")
     return TrainState(
-      step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), model_state=dict(variables)
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      opt_state=tx.init(params),
+      model_state=dict(variables),
+      lr_scale=jnp.ones((), jnp.float32),
     )
 
   try:

@@ -76,8 +76,12 @@ def make_train_step(
 
     (_, (metrics, new_model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    # Reduce-on-plateau scales the whole update, i.e. the learning rate (decoupled decay included).
+    updates = jax.tree.map(lambda u: u * state.lr_scale.astype(u.dtype), updates)
     params = optax.apply_updates(state.params, updates)
-    metrics = dict(metrics, grad_norm=optax.tree.norm(grads), learning_rate=schedule(state.step))
+    metrics = dict(
+      metrics, grad_norm=optax.tree.norm(grads), learning_rate=schedule(state.step) * state.lr_scale
+    )
     new_state = state.replace(
       step=state.step + 1, params=params, opt_state=opt_state, model_state=dict(new_model_state)
     )
