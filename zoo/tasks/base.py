@@ -25,6 +25,12 @@ class Task:
     the summed `count`."""
     raise NotImplementedError
 
+  def summarize(self, means: dict[str, float]) -> dict[str, float]:
+    """Turns the split's metric means (each `eval_metrics` sum divided by the summed count) into the
+    reported metrics, for metrics that are not means themselves (e.g. R^2 from the means of y, y^2 and
+    the squared error). Default: the means as they are."""
+    return means
+
   def write_report(self, outputs: Any, labels: Any, workdir: Any) -> dict[str, Any]:
     """Writes the task's end-of-run report on the test split into `workdir` (host arrays, padding
     removed); returns a summary to add to the run's result. Default: nothing."""

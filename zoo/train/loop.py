@@ -121,10 +121,10 @@ def eval_batches(x: np.ndarray, y: np.ndarray, batch_size: int) -> dict[str, jax
   return {"input": stack(x), "label": stack(y), "mask": stack(mask)}
 
 
-def _summarise(totals: dict[str, Any]) -> dict[str, float]:
+def _summarise(task, totals: dict[str, Any]) -> dict[str, float]:
   totals = jax.device_get(totals)
   count = float(totals.pop("count"))
-  return {k: float(v) / count for k, v in totals.items()}
+  return task.summarize({k: float(v) / count for k, v in totals.items()})
 
 
 def train_and_evaluate(
@@ -252,7 +252,7 @@ def train_and_evaluate(
       is_last = done == exp.total_steps
       if (end_of_epoch and (done // spe) % cfg.eval_every_epochs == 0) or is_last:
         flush(done)
-        evaluations = {name: _summarise(evaluate(state, data)) for name, data in splits.items()}
+        evaluations = {name: _summarise(exp.task, evaluate(state, data)) for name, data in splits.items()}
         for name, values in evaluations.items():
           writer.write(done, name, {"epoch": done / spe, **values})
           log.info("step %d (epoch %g): %s %s", done, done / spe, name, _format(values))
@@ -301,7 +301,7 @@ def train_and_evaluate(
       )
       test_metrics = {}
     if not test_metrics:  # Restored, or already finished: evaluate the final parameters.
-      test_metrics = _summarise(evaluate(state, test_data))
+      test_metrics = _summarise(exp.task, evaluate(state, test_data))
     outputs = jax.device_get(make_predict_fn(exp.model, exp.preprocess)(state, test_data))
     n_test = len(ds.x_test)
     report = exp.task.write_report(outputs.reshape(-1, *outputs.shape[2:])[:n_test], ds.y_test, workdir)
