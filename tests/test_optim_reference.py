@@ -10,6 +10,7 @@ import numpy as np
 import optax
 import pytest
 
+from zoo import optim
 from zoo.config import OptimizerConfig, ScheduleConfig
 from zoo.optim import OPTIMIZERS, create_optimizer, create_schedule
 from zoo.registry import ZooError
@@ -235,6 +236,7 @@ def test_every_optimizer_jits_once():
     )
   )
   configs.append(OptimizerConfig(name="lars", accumulate_steps=3, skip_nonfinite=True))
+  configs.append(OptimizerConfig(name="nadam", lookahead_steps=5, max_norm=3.0))
   for config in configs:
     tx = create_optimizer(config, optax.cosine_decay_schedule(0.1, 10))
     traces = []
@@ -321,6 +323,82 @@ def test_skip_nonfinite_skips_and_counts():
       np.testing.assert_allclose(updates["w"], 0.0)  # Skipped: Adam's moments and count untouched.
   assert int(state.total_notfinite) == 2
   assert int(state.notfinite_count) == 0  # The last update was finite again.
+
+
+@pytest.mark.parametrize("k, alpha", [(5, 0.5), (2, 0.8)])
+def test_lookahead_matches_numpy_reference(k, alpha):
+  """Zhang et al. 2019, Algorithm 1: k fast SGD-momentum steps from the slow weights, then
+  phi <- phi + alpha (theta - phi) and theta <- phi; 12 steps cross two or more synchronisations."""
+  steps, lr, mu = 12, 0.1, 0.9
+  rng = np.random.default_rng(3)
+  grads = rng.normal(size=(steps, 3))
+  config = OptimizerConfig(name="momentum", kwargs={"momentum": mu}, lookahead_steps=k, lookahead_alpha=alpha)
+  tx = create_optimizer(config, optax.constant_schedule(lr))
+  params = {"w": jnp.asarray([1.0, -2.0, 0.5])}
+  state = tx.init(params)
+  theta = slow = np.array([1.0, -2.0, 0.5])
+  trace = np.zeros(3)
+  for t, g in enumerate(grads):
+    updates, state = tx.update({"w": jnp.asarray(g, jnp.float32)}, state, params)
+    params = optax.apply_updates(params, updates)
+    trace = g + mu * trace  # The fast optimiser's state carries across synchronisations (no reset).
+    theta = theta - lr * trace
+    if (t + 1) % k == 0:
+      slow = slow + alpha * (theta - slow)
+      theta = slow
+    np.testing.assert_allclose(params["w"], theta, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(state.slow["w"], slow, rtol=1e-5, atol=1e-6)
+
+
+def test_lookahead_counts_updates_not_micro_batches():
+  config = OptimizerConfig(name="sgd", lookahead_steps=2, lookahead_alpha=0.5, accumulate_steps=3)
+  tx = create_optimizer(config, optax.constant_schedule(1.0))
+  params = {"w": jnp.zeros(())}
+  state = tx.init(params)
+  values = []
+  for _ in range(12):  # 4 updates of -1 each; synchronisations after updates 2 and 4.
+    updates, state = tx.update({"w": jnp.ones(())}, state, params)
+    params = optax.apply_updates(params, updates)
+    values.append(float(params["w"]))
+  # Update 1: -1; update 2: -2 then slow 0 + 0.5 (-2) = -1; update 3: -2; update 4: -3 -> -1 + 0.5 (-2) = -2.
+  assert values[2::3] == pytest.approx([-1.0, -1.0, -2.0, -2.0])
+
+
+def test_lookahead_rejects_bad_settings():
+  with pytest.raises(ZooError, match="lookahead_steps must be an integer >= 1"):
+    create_optimizer(OptimizerConfig(lookahead_steps=0), optax.constant_schedule(0.1))
+  with pytest.raises(ZooError, match="lookahead_alpha must be in"):
+    create_optimizer(OptimizerConfig(lookahead_steps=5, lookahead_alpha=1.5), optax.constant_schedule(0.1))
+
+
+def test_lr_scale_scales_the_whole_update_before_max_norm():
+  params = {"kernel": jnp.ones((2, 2))}
+  grads = {"kernel": jnp.array([[1.0, -2.0], [0.5, 0.0]])}
+  config = OptimizerConfig(name="sgd", weight_decay=0.1, weight_decay_mask="all")
+  tx = create_optimizer(config, optax.constant_schedule(0.5))
+  plain, _ = tx.update(grads, tx.init(params), params)
+  scaled, _ = tx.update(grads, tx.init(params), params, lr_scale=jnp.float32(0.2))
+  np.testing.assert_allclose(plain["kernel"], -0.5 * (np.asarray(grads["kernel"]) + 0.1), rtol=1e-6)
+  np.testing.assert_allclose(scaled["kernel"], 0.2 * np.asarray(plain["kernel"]), rtol=1e-6)
+  # With max-norm last, a scaled step still lands inside the ball.
+  config = OptimizerConfig(name="sgd", max_norm=1.0)
+  tx = create_optimizer(config, optax.constant_schedule(1.0))
+  updates, _ = tx.update({"kernel": -10 * jnp.ones((2, 2))}, tx.init(params), params, lr_scale=0.5)
+  new = optax.apply_updates(params, updates)["kernel"]
+  np.testing.assert_allclose(np.linalg.norm(np.asarray(new), axis=0), 1.0, rtol=1e-6)
+
+
+def test_update_count_and_skipped_updates_are_read_from_the_state():
+  params = {"w": jnp.ones((2,))}
+  config = OptimizerConfig(name="adam", accumulate_steps=2, skip_nonfinite=True)
+  tx = create_optimizer(config, optax.constant_schedule(0.1))
+  state = tx.init(params)
+  for g in ([1.0, 1.0], [jnp.nan, 0.0], [1.0, 2.0], [0.5, 0.5], [1.0, 1.0]):
+    _, state = tx.update({"w": jnp.asarray(g)}, state, params)
+  assert int(optim.update_count(config, state)) == 2  # 4 finite micro-batches: 2 updates.
+  assert int(optim.skipped_updates(config, state)) == 1
+  assert optim.update_count(OptimizerConfig(), state) is None
+  assert optim.skipped_updates(OptimizerConfig(), state) is None
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -67,6 +67,10 @@ class OptimizerConfig:
   # matching `max_norm_pattern` (its fan-in) is scaled back to this L2 norm when longer.
   max_norm: float | None = None
   max_norm_pattern: str = "*kernel"
+  # Lookahead (Zhang et al. 2019) around the whole optimiser: every `lookahead_steps` updates the slow
+  # weights move `lookahead_alpha` of the way to the fast ones, which restart from them. None: off.
+  lookahead_steps: int | None = None
+  lookahead_alpha: float = 0.5
   kwargs: dict[str, Any] = field(default_factory=dict)  # arguments of the named optimiser
 
 
@@ -119,6 +123,22 @@ class PlateauConfig:
 
 
 @dataclass
+class AveragingConfig:
+  """Weight averaging. When on, evaluation, the best checkpoint's metric and the end-of-run report use the
+  averaged weights; the checkpoints hold both."""
+
+  # Exponential moving average of the parameters (Polyak & Juditsky 1992), and of the model state
+  # (BatchNorm statistics), updated after every step: avg <- d avg + (1 - d) w.
+  ema_decay: float | None = None
+  ema_warmup: bool = False  # use min(d, (1 + t) / (10 + t)) at step t, as TensorFlow's num_updates does
+  # Stochastic weight averaging (Izmailov et al. 2018): the equal-weight mean of the weights at the end of
+  # each epoch from `swa_start_epoch` on; evaluation recomputes BatchNorm statistics for the mean.
+  swa_start_epoch: int | None = None
+  swa_lr: float | None = None  # constant learning rate from swa_start_epoch (None: the schedule goes on)
+  swa_bn_batches: int | None = None  # training batches for the BatchNorm statistics (None: one epoch)
+
+
+@dataclass
 class Config:
   model: ModelConfig = field(default_factory=ModelConfig)
   data: DataConfig = field(default_factory=DataConfig)
@@ -128,6 +148,7 @@ class Config:
   regularization: RegularizationConfig = field(default_factory=RegularizationConfig)
   early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
   reduce_on_plateau: PlateauConfig = field(default_factory=PlateauConfig)
+  averaging: AveragingConfig = field(default_factory=AveragingConfig)
   seed: int = 0
   epochs: int = 10
   steps: int | None = None  # total training steps; when set it replaces `epochs`

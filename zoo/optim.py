@@ -317,6 +317,63 @@ def normalize_per_tensor() -> optax.GradientTransformation:
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
+class LrScaleState(typing.NamedTuple):
+  pass
+
+
+def scale_by_lr_scale() -> optax.GradientTransformationExtraArgs:
+  """Multiplies the updates by the `lr_scale` extra argument of `update` (1 when absent): reduce-on-plateau's
+  factor on the learning rate, which lives in the train state, not in the schedule."""
+
+  def update(updates: Any, state: LrScaleState, params: Any = None, *, lr_scale: Any = None, **extra):
+    del params, extra
+    if lr_scale is None:
+      return updates, state
+    return jax.tree.map(lambda u: u * jnp.asarray(lr_scale, u.dtype), updates), state
+
+  return optax.GradientTransformationExtraArgs(lambda params: LrScaleState(), update)
+
+
+class LookaheadState(typing.NamedTuple):
+  inner: Any
+  slow: Any  # the slow weights
+  steps_since_sync: jax.Array
+
+
+def lookahead(
+  inner: optax.GradientTransformation, sync_period: int = 5, slow_step_size: float = 0.5
+) -> optax.GradientTransformationExtraArgs:
+  """Lookahead (Zhang et al. 2019, "Lookahead Optimizer: k steps forward, 1 step back") around `inner`.
+
+  `inner` moves the fast weights (the params); every `sync_period`-th update the slow weights take a step
+  of `slow_step_size` towards them, phi <- phi + alpha (theta - phi), and the fast weights restart from the
+  slow ones. The update rule is optax.lookahead's; unlike it, the slow weights are kept in this state, so
+  the params stay one plain tree (for the model, penalties, checkpoints) and equal the slow weights right
+  after each synchronisation. Extra arguments of `update` reach `inner`.
+  """
+  if not isinstance(sync_period, int) or sync_period < 1:
+    raise ZooError(f"optimizer.lookahead_steps must be an integer >= 1, got {sync_period!r}")
+  if not 0 < slow_step_size <= 1:
+    raise ZooError(f"optimizer.lookahead_alpha must be in (0, 1], got {slow_step_size}")
+  inner = optax.with_extra_args_support(inner)
+
+  def init(params: Any) -> LookaheadState:
+    return LookaheadState(inner.init(params), params, jnp.zeros((), jnp.int32))
+
+  def update(updates: Any, state: LookaheadState, params: Any = None, **extra_args):
+    if params is None:
+      raise ValueError("lookahead needs the current params: tx.update(grads, opt_state, params)")
+    updates, inner_state = inner.update(updates, state.inner, params, **extra_args)
+    sync = state.steps_since_sync == sync_period - 1
+    # On a synchronisation step: theta' = theta + u, phi <- phi + alpha (theta' - phi), theta <- phi.
+    diff = jax.tree.map(lambda p, u, s: p + u - s, params, updates, state.slow)
+    slow = jax.tree.map(lambda s, d: jnp.where(sync, s + slow_step_size * d, s), state.slow, diff)
+    updates = jax.tree.map(lambda u, d: jnp.where(sync, u - (1 - slow_step_size) * d, u), updates, diff)
+    return updates, LookaheadState(inner_state, slow, (state.steps_since_sync + 1) % sync_period)
+
+  return optax.GradientTransformationExtraArgs(init, update)
+
+
 # apply_if_finite gives up and applies the update after this many non-finite ones in a row: by then the run
 # is lost anyway (and the training loss, checked by the loop, is not finite either).
 MAX_CONSECUTIVE_NONFINITE = 1000
@@ -325,12 +382,15 @@ MAX_CONSECUTIVE_NONFINITE = 1000
 def create_optimizer(config: OptimizerConfig, schedule: optax.Schedule) -> optax.GradientTransformation:
   """<config.name> after the gradient options, the rate read from `schedule` at each step.
 
-  The chain is clip_by_value -> clip_by_global_norm -> per-tensor normalisation -> optimiser, each present
-  only when its option is set. With accumulate_steps = k > 1 it is wrapped in optax.MultiSteps: k calls
+  The chain is clip_by_value -> clip_by_global_norm -> per-tensor normalisation -> optimiser -> the
+  plateau scale (`tx.update(..., lr_scale=s)`) -> max-norm projection, each present only when its option
+  is set (the scale always; without `lr_scale` it is the identity). With lookahead_steps = k the chain is
+  the fast optimiser of Lookahead. With accumulate_steps = k > 1 it is wrapped in optax.MultiSteps: k calls
   average their gradients, the first k - 1 return zero updates and the k-th applies the chain to the mean
-  (so clipping sees the mean gradient, as a k times larger batch would give). With skip_nonfinite the whole
-  is wrapped in optax.apply_if_finite: a call whose gradients hold NaN or inf returns zero updates, leaves
-  the state (and so the accumulated micro-batches) alone, and is counted in state.total_notfinite.
+  (so clipping sees the mean gradient, as a k times larger batch would give, and lookahead counts
+  updates, not micro-batches). With skip_nonfinite the whole is wrapped in optax.apply_if_finite: a call
+  whose gradients hold NaN or inf returns zero updates, leaves the state (and so the accumulated
+  micro-batches) alone, and is counted in state.total_notfinite.
   """
   fn = OPTIMIZERS.get(config.name)
   mask = weight_decay_mask(config.weight_decay_mask)
@@ -351,14 +411,31 @@ def create_optimizer(config: OptimizerConfig, schedule: optax.Schedule) -> optax
     *([optax.clip_by_global_norm(clip)] if clip else []),
     *([normalize_per_tensor()] if config.normalize_gradients else []),
     tx,
+    scale_by_lr_scale(),
     # Last: it needs the final update to project the updated weights.
     *([max_norm(config.max_norm, pattern=config.max_norm_pattern)] if config.max_norm is not None else []),
   )
+  if config.lookahead_steps is not None:
+    tx = lookahead(tx, config.lookahead_steps, config.lookahead_alpha)
   if accumulate > 1:
     tx = optax.MultiSteps(tx, every_k_schedule=accumulate).gradient_transformation()
   if config.skip_nonfinite:
     tx = optax.apply_if_finite(tx, max_consecutive_errors=MAX_CONSECUTIVE_NONFINITE)
   return tx
+
+
+def update_count(config: OptimizerConfig, opt_state: Any) -> jax.Array | None:
+  """How many updates the optimiser has applied (micro-batches of accumulate_steps count once), read from
+  its state; None when it equals the train step."""
+  if config.accumulate_steps == 1:
+    return None
+  state = opt_state.inner_state if config.skip_nonfinite else opt_state
+  return state.gradient_step
+
+
+def skipped_updates(config: OptimizerConfig, opt_state: Any) -> jax.Array | None:
+  """With skip_nonfinite: how many updates were skipped for non-finite gradients so far."""
+  return opt_state.total_notfinite if config.skip_nonfinite else None
 
 
 # ---------------------------------------------------------------------------------------------------

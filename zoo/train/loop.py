@@ -16,12 +16,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from zoo import config as config_lib
-from zoo import regularizers
+from zoo import optim, regularizers
 from zoo.data import Dataset, create_augmentation, load_dataset, normalization_stats
 from zoo.models import create_model
 from zoo.optim import create_optimizer, create_schedule
 from zoo.registry import ZooError
 from zoo.tasks import create_task
+from zoo.train import averaging
 from zoo.train.checkpoint import Checkpointer
 from zoo.train.early_stopping import BestTracker, PlateauScaler
 from zoo.train.state import count_params, create_train_state
@@ -81,6 +82,10 @@ def build(config: config_lib.Config, dataset: Dataset | None = None) -> Experime
   if total_steps <= 0:
     raise ZooError(f"nothing to train: epochs={config.epochs}, steps={config.steps}")
   schedule = create_schedule(config.schedule, config.optimizer.learning_rate, total_steps, steps_per_epoch)
+  averaging.check(config.averaging)
+  if config.averaging.swa_lr is not None:  # The schedule counts optimiser updates.
+    start = config.averaging.swa_start_epoch * steps_per_epoch // config.optimizer.accumulate_steps
+    schedule = averaging.swa_schedule(schedule, start, config.averaging.swa_lr)
   tx = create_optimizer(config.optimizer, schedule)
   mean, std = normalization_stats(dataset.x_train, config.data.normalization, dataset.pixel_max)
   augment = create_augmentation(config.data.augment)
@@ -143,7 +148,8 @@ def train_and_evaluate(
   rng = jax.random.key(cfg.seed)
   init_rng, data_rng, dropout_rng = jax.random.split(rng, 3)
   example = jnp.asarray(exp.preprocess(ds.x_train[: cfg.data.batch_size]))
-  state = create_train_state(exp.model, exp.tx, example, init_rng)
+  averaging_on = cfg.averaging.ema_decay is not None or cfg.averaging.swa_start_epoch is not None
+  state = create_train_state(exp.model, exp.tx, example, init_rng, cfg.averaging if averaging_on else None)
 
   checkpointer = Checkpointer(workdir / "checkpoints", keep=cfg.keep_checkpoints)
   start_step = checkpointer.latest_step() or 0
@@ -180,9 +186,13 @@ def train_and_evaluate(
     preprocess=exp.preprocess,
     augment=exp.augment,
     penalty=_penalty(cfg.regularization),
+    averaging=cfg.averaging if averaging_on else None,
+    update_count=functools.partial(optim.update_count, cfg.optimizer),
+    skipped_updates=functools.partial(optim.skipped_updates, cfg.optimizer),
   )
   evaluate = make_eval_fn(exp.model, exp.task, exp.preprocess)
   n_train, spe = len(ds.x_train), exp.steps_per_epoch
+  eval_variables = _eval_variables_fn(exp, train_data, epoch_permutation(data_rng, 0, n_train))
   splits = {"test": test_data}
   if exp.validation is not None:
     splits = {"validation": eval_batches(*exp.validation, cfg.data.eval_batch_size), **splits}
@@ -252,7 +262,8 @@ def train_and_evaluate(
       is_last = done == exp.total_steps
       if (end_of_epoch and (done // spe) % cfg.eval_every_epochs == 0) or is_last:
         flush(done)
-        evaluations = {name: _summarise(exp.task, evaluate(state, data)) for name, data in splits.items()}
+        variables = eval_variables(state)
+        evaluations = {name: _summarise(exp.task, evaluate(variables, data)) for name, data in splits.items()}
         for name, values in evaluations.items():
           writer.write(done, name, {"epoch": done / spe, **values})
           log.info("step %d (epoch %g): %s %s", done, done / spe, name, _format(values))
@@ -301,8 +312,8 @@ def train_and_evaluate(
       )
       test_metrics = {}
     if not test_metrics:  # Restored, or already finished: evaluate the final parameters.
-      test_metrics = _summarise(exp.task, evaluate(state, test_data))
-    outputs = jax.device_get(make_predict_fn(exp.model, exp.preprocess)(state, test_data))
+      test_metrics = _summarise(exp.task, evaluate(eval_variables(state), test_data))
+    outputs = jax.device_get(make_predict_fn(exp.model, exp.preprocess)(eval_variables(state), test_data))
     n_test = len(ds.x_test)
     report = exp.task.write_report(outputs.reshape(-1, *outputs.shape[2:])[:n_test], ds.y_test, workdir)
   finally:
@@ -322,6 +333,25 @@ def train_and_evaluate(
   (workdir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
   result["state"] = state
   return result
+
+
+def _eval_variables_fn(exp: Experiment, train_data: dict[str, jax.Array], perm: jax.Array):
+  """`eval_variables(state)`: the variables evaluation uses: the EMA's, the SWA mean's (with BatchNorm
+  statistics recomputed over training batches in `perm`'s order) once it has a member, else the state's."""
+  cfg = exp.config.averaging
+  if cfg.swa_start_epoch is None:
+    return lambda state: state.averages["ema"] if "ema" in state.averages else state.variables()
+  num_batches = min(cfg.swa_bn_batches or exp.steps_per_epoch, exp.steps_per_epoch)
+  recompute = averaging.make_batch_stats_fn(
+    exp.model, exp.preprocess, exp.config.data.batch_size, num_batches
+  )
+
+  def eval_variables(state):
+    if int(state.averages["swa_count"]) == 0:
+      return state.variables()
+    return recompute({"params": state.averages["swa"], **state.model_state}, train_data, perm)
+
+  return eval_variables
 
 
 def _penalty(reg: config_lib.RegularizationConfig):

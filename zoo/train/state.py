@@ -10,7 +10,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from zoo.config import AveragingConfig
 from zoo.registry import ZooError
+from zoo.train import averaging as averaging_lib
 
 
 @flax.struct.dataclass
@@ -26,6 +28,7 @@ class TrainState:
   opt_state: Any
   model_state: Any
   lr_scale: jax.Array  # () float32: reduce-on-plateau's factor on the schedule's rate (1 otherwise)
+  averages: Any = flax.struct.field(default_factory=dict)  # weight averages (averaging.init_averages)
 
   def variables(self) -> dict[str, Any]:
     return {"params": self.params, **self.model_state}
@@ -38,7 +41,11 @@ def init_variables(model: nn.Module, example_input: jax.Array, rng: jax.Array) -
 
 
 def create_train_state(
-  model: nn.Module, tx: optax.GradientTransformation, example_input: jax.Array, rng: jax.Array
+  model: nn.Module,
+  tx: optax.GradientTransformation,
+  example_input: jax.Array,
+  rng: jax.Array,
+  averaging: AveragingConfig | None = None,
 ) -> TrainState:
   """Builds the state in one compiled call, after checking its shapes abstractly.
 
@@ -54,6 +61,7 @@ def create_train_state(
       opt_state=tx.init(params),
       model_state=dict(variables),
       lr_scale=jnp.ones((), jnp.float32),
+      averages=averaging_lib.init_averages(averaging, {"params": params, **variables}) if averaging else {},
     )
 
   try:

@@ -10,7 +10,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from zoo.config import AveragingConfig
 from zoo.tasks import Task
+from zoo.train import averaging as averaging_lib
 from zoo.train.state import TrainState
 
 Data = dict[str, jax.Array]  # Whole splits on the device: {"input": (N, ...), "label": (N,)}.
@@ -45,6 +47,9 @@ def make_train_step(
   preprocess: Callable[[jax.Array], jax.Array],
   augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
   penalty: Callable[[Any], jax.Array] | None = None,
+  averaging: AveragingConfig | None = None,
+  update_count: Callable[[Any], jax.Array | None] = lambda opt_state: None,
+  skipped_updates: Callable[[Any], jax.Array | None] = lambda opt_state: None,
 ) -> Callable:
   """Returns `train_step(state, data, perm, rng) -> (state, metrics)`, jitted once, state donated.
 
@@ -52,6 +57,11 @@ def make_train_step(
   of `data`, where `perm` is the epoch's permutation, augments them (`augment(images, rng)`, on the device)
   and normalises them. The step's randomness (dropout, augmentation) comes from `fold_in(rng, s)`, so the
   run is a function of (seed, step) and a resumed run repeats an uninterrupted one exactly.
+
+  The optimiser's update gets `lr_scale=state.lr_scale` (reduce-on-plateau). `averaging` updates the
+  weight averages after the step. `update_count(opt_state)` gives the optimiser's own update count where
+  it differs from the step (gradient accumulation), for the logged learning rate; `skipped_updates`
+  the number of updates skipped for non-finite gradients, logged when not None.
   """
 
   def train_step(state: TrainState, data: Data, perm: jax.Array, rng: jax.Array):
@@ -75,16 +85,23 @@ def make_train_step(
       return loss, (metrics, new_model_state)
 
     (_, (metrics, new_model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    # Reduce-on-plateau scales the whole update, i.e. the learning rate (decoupled decay included).
-    updates = jax.tree.map(lambda u: u * state.lr_scale.astype(u.dtype), updates)
+    # Reduce-on-plateau's scale multiplies the whole update, i.e. the rate (decoupled decay included).
+    updates, opt_state = tx.update(grads, state.opt_state, state.params, lr_scale=state.lr_scale)
     params = optax.apply_updates(state.params, updates)
-    metrics = dict(
-      metrics, grad_norm=optax.tree.norm(grads), learning_rate=schedule(state.step) * state.lr_scale
-    )
+    count = update_count(state.opt_state)
+    rate = schedule(state.step if count is None else count) * state.lr_scale
+    metrics = dict(metrics, grad_norm=optax.tree.norm(grads), learning_rate=rate)
+    skipped = skipped_updates(opt_state)
+    if skipped is not None:
+      metrics["skipped_updates"] = skipped.astype(jnp.float32)
     new_state = state.replace(
       step=state.step + 1, params=params, opt_state=opt_state, model_state=dict(new_model_state)
     )
+    if averaging is not None:
+      averages = averaging_lib.update_averages(
+        averaging, state.averages, new_state.variables(), new_state.step, steps_per_epoch
+      )
+      new_state = new_state.replace(averages=averages)
     return new_state, metrics
 
   train_step.traces = 0
@@ -95,22 +112,24 @@ def make_train_step(
 
 def make_eval_fn(
   model: nn.Module, task: Task, preprocess: Callable[[jax.Array], jax.Array]
-) -> Callable[[TrainState, Data], dict[str, jax.Array]]:
-  """Returns `evaluate(state, data) -> metric sums`, one compiled call over a whole split.
+) -> Callable[[dict[str, Any], Data], dict[str, jax.Array]]:
+  """Returns `evaluate(variables, data) -> metric sums`, one compiled call over a whole split.
+
+  `variables` are the model's ({"params": ..., "batch_stats": ...}): `state.variables()`, or averaged ones.
 
   `data` holds batches stacked on a leading axis, (num_batches, B, ...), with a `mask` marking padding.
   """
 
-  def batch_metrics(state: TrainState, batch: Data) -> dict[str, jax.Array]:
-    outputs, _ = apply_model(model, state.variables(), preprocess(batch["input"]), train=False)
+  def batch_metrics(variables: dict[str, Any], batch: Data) -> dict[str, jax.Array]:
+    outputs, _ = apply_model(model, variables, preprocess(batch["input"]), train=False)
     return task.eval_metrics(outputs, batch)
 
   @jax.jit
-  def evaluate(state: TrainState, data: Data) -> dict[str, jax.Array]:
+  def evaluate(variables: dict[str, Any], data: Data) -> dict[str, jax.Array]:
     def body(totals, batch):
-      return jax.tree.map(jnp.add, totals, batch_metrics(state, batch)), None
+      return jax.tree.map(jnp.add, totals, batch_metrics(variables, batch)), None
 
-    shapes = jax.eval_shape(batch_metrics, state, jax.tree.map(lambda x: x[0], data))
+    shapes = jax.eval_shape(batch_metrics, variables, jax.tree.map(lambda x: x[0], data))
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
     totals, _ = jax.lax.scan(body, zeros, data)
     return totals
@@ -119,12 +138,12 @@ def make_eval_fn(
 
 
 def make_predict_fn(model: nn.Module, preprocess: Callable[[jax.Array], jax.Array]) -> Callable:
-  """Returns `predict(state, data) -> outputs (num_batches, B, ...)` for batches stacked as in evaluation."""
+  """Returns `predict(variables, data) -> outputs (num_batches, B, ...)`, batches stacked as in evaluation."""
 
   @jax.jit
-  def predict(state: TrainState, data: Data) -> jax.Array:
+  def predict(variables: dict[str, Any], data: Data) -> jax.Array:
     def body(_, batch):
-      return None, apply_model(model, state.variables(), preprocess(batch["input"]), train=False)[0]
+      return None, apply_model(model, variables, preprocess(batch["input"]), train=False)[0]
 
     return jax.lax.scan(body, None, data)[1]
 
