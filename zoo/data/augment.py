@@ -2,7 +2,7 @@
 
 Each augmentation is `fn(**kwargs) -> (images (B, H, W, C), rng) -> images`, registered by name; a config
 lists them as `data.augment = {"random_shift": {"pixels": 2}, "horizontal_flip": {}}`, applied in order
-to the raw batch, before normalisation.
+to the raw batch, before normalisation. Rotation and zoom resample through one bilinear affine warp.
 """
 
 from __future__ import annotations
@@ -55,6 +55,108 @@ def horizontal_flip(probability: float = 0.5) -> Augmentation:
     return jnp.where(mask, images[:, :, ::-1, :], images)
 
   return flip
+
+
+@jax.jit
+def affine_warp(images: jax.Array, matrices: jax.Array, fill: float = 0) -> jax.Array:
+  """Resamples each image bilinearly at affine-mapped coordinates.
+
+  Follows `scipy.ndimage.affine_transform(order=1, mode="grid-constant")`: output pixel (row, col) takes
+  the input's value at `matrices[:, :, :2] @ (row, col) + matrices[:, :, 2]`, and the image is surrounded
+  by `fill`, so border pixels blend towards it rather than stopping abruptly.
+
+  Args:
+    images: (B, H, W, C), any real dtype; the output keeps it (rounded and clipped for integer types).
+    matrices: (B, 2, 3) float, output (row, col, 1) -> input (row, col), one per image.
+    fill: the value outside the image.
+  """
+  b, h, w, c = images.shape
+  dtype = images.dtype
+  integer = jnp.issubdtype(dtype, jnp.integer)
+  fill = jnp.asarray(fill, jnp.float32)
+  if integer:
+    info = jnp.iinfo(dtype)
+    fill = jnp.clip(jnp.round(fill), info.min, info.max)
+  # Pad + 4 whole-pixel gathers: vs vmapped map_coordinates on XLA CPU, 2.6x faster at C=3, 15% slower at C=1.
+  padded = jnp.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=fill.astype(dtype))
+  flat = padded.reshape(b * (h + 2) * (w + 2), c)
+  rows = jnp.arange(h, dtype=jnp.float32)[None, :, None]
+  cols = jnp.arange(w, dtype=jnp.float32)[None, None, :]
+  m = matrices.astype(jnp.float32)[:, :, :, None, None]  # (B, 2, 3, 1, 1)
+  # Clipping to one pixel beyond the border keeps far-away points on the fill padding.
+  y = jnp.clip(m[:, 0, 0] * rows + m[:, 0, 1] * cols + m[:, 0, 2], -1, h)  # (B, H, W)
+  x = jnp.clip(m[:, 1, 0] * rows + m[:, 1, 1] * cols + m[:, 1, 2], -1, w)
+  y0, x0 = jnp.floor(y), jnp.floor(x)
+  wy, wx = (y - y0)[..., None], (x - x0)[..., None]
+  # Indices into the padded batch: +1 for the padding, the upper neighbour clipped onto it as well.
+  y0 = y0.astype(jnp.int32) + 1
+  x0 = x0.astype(jnp.int32) + 1
+  y1, x1 = jnp.minimum(y0 + 1, h + 1), jnp.minimum(x0 + 1, w + 1)
+  base = (jnp.arange(b, dtype=jnp.int32) * ((h + 2) * (w + 2)))[:, None, None]
+  pixel = lambda yi, xi: flat[base + yi * (w + 2) + xi].astype(jnp.float32)  # (B, H, W, C)
+  # `a + w * (b - a)` rather than `(1 - w) * a + w * b`: exact where neighbours are equal (flat regions).
+  lerp = lambda a, b, weight: a + weight * (b - a)
+  top = lerp(pixel(y0, x0), pixel(y0, x1), wx)
+  out = lerp(top, lerp(pixel(y1, x0), pixel(y1, x1), wx), wy)
+  if integer:
+    out = jnp.clip(jnp.round(out), info.min, info.max)
+  return out.astype(dtype)
+
+
+def _about_centre(linear: jax.Array, h: int, w: int) -> jax.Array:
+  """(B, 2, 2) output->input maps about the image centre -> (B, 2, 3) matrices for `affine_warp`."""
+  centre = jnp.array([(h - 1) / 2, (w - 1) / 2], jnp.float32)
+  offset = centre[None] - jnp.einsum("bij,j->bi", linear, centre)
+  return jnp.concatenate([linear, offset[:, :, None]], axis=2)
+
+
+@jax.jit
+def rotate(images: jax.Array, degrees: jax.Array, fill: float = 0) -> jax.Array:
+  """Rotates each image (B, H, W, C) by its own angle in `degrees` (B,) about its centre, counter-clockwise
+  as displayed (row 0 at the top) like `np.rot90` and `scipy.ndimage.rotate`; bilinear, `fill` outside."""
+  theta = jnp.deg2rad(jnp.asarray(degrees, jnp.float32))
+  cos, sin = jnp.cos(theta), jnp.sin(theta)
+  # The inverse rotation, in (row, col) order: where each output pixel comes from.
+  linear = jnp.stack([jnp.stack([cos, sin], -1), jnp.stack([-sin, cos], -1)], -2)  # (B, 2, 2)
+  return affine_warp(images, _about_centre(linear, *images.shape[1:3]), fill)
+
+
+def _is_number(value) -> bool:
+  # Command-line values that do not parse as literals arrive as strings.
+  return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+@register_augmentation
+def random_rotation(max_degrees: float = 20.0, fill: float = 0) -> Augmentation:
+  """Rotates each image about its centre by an angle uniform in [-max_degrees, max_degrees] (Keras'
+  `rotation_range`), bilinear, with `fill` where the rotated image does not reach."""
+  if not _is_number(max_degrees) or not 0 <= max_degrees <= 180:
+    raise ZooError(f"random_rotation: max_degrees must be a number in [0, 180], got {max_degrees!r}")
+  if not _is_number(fill):
+    raise ZooError(f"random_rotation: fill must be a number, got {fill!r}")
+
+  def augment(images, rng):
+    degrees = jax.random.uniform(rng, images.shape[:1], minval=-max_degrees, maxval=max_degrees)
+    return rotate(images, degrees, fill)
+
+  return jax.jit(augment)  # Jitted also so that eager use (tests, notebooks) compiles once per shape.
+
+
+@register_augmentation
+def random_zoom(max_zoom: float = 0.1, fill: float = 0) -> Augmentation:
+  """Scales each image about its centre by a factor uniform in [1 - max_zoom, 1 + max_zoom] (above 1
+  magnifies), bilinear, with `fill` where a shrunken image does not reach."""
+  if not _is_number(max_zoom) or not 0 <= max_zoom < 1:
+    raise ZooError(f"random_zoom: max_zoom must be a number in [0, 1), got {max_zoom!r}")
+  if not _is_number(fill):
+    raise ZooError(f"random_zoom: fill must be a number, got {fill!r}")
+
+  def augment(images, rng):
+    scale = jax.random.uniform(rng, images.shape[:1], minval=1 - max_zoom, maxval=1 + max_zoom)
+    linear = jnp.eye(2, dtype=jnp.float32)[None] / scale[:, None, None]
+    return affine_warp(images, _about_centre(linear, *images.shape[1:3]), fill)
+
+  return jax.jit(augment)
 
 
 def create_augmentation(spec: dict[str, dict]) -> Augmentation | None:
