@@ -8,26 +8,33 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from zoo.models import ACTIVATIONS, MODELS, create_model, get_activation, list_models, register_model
+from zoo.models import (
+  ACTIVATIONS,
+  MODELS,
+  create_model,
+  get_activation,
+  list_models,
+  model_input_shape,
+  register_model,
+)
 from zoo.models.layers import avg_pool, max_pool
 from zoo.registry import UnknownNameError, ZooError
 
-# Every model takes (2, 28, 28, 1) unless listed here.
-EXAMPLE_SHAPES: dict[str, tuple[int, ...]] = {}
 # Extra override sets, so that optional paths (BatchNorm, dropout, max-pool) are tested too.
 EXTRA_CASES = [
   ("mlp", {"hidden_sizes": (16, 8), "batch_norm": True, "dropout": 0.1, "activation": "selu"}),
   ("mnist_cnn", {"dropout": 0.5}),
   ("lenet5", {"pool": "max", "activation": "relu"}),
 ]
-CASES = [(name, {}) for name in list_models()] + EXTRA_CASES
-IDS = [name + "".join(f"-{k}={v}" for k, v in kw.items()) for name, kw in CASES]
+# Models above this many parameters (at their registered input shape) are checked abstractly only
+# (shapes, dtypes, via jax.eval_shape); each family registers a small variant that runs every test.
+LARGE = 3_000_000
 PINNED_PARAMS = {"mnist_cnn": 693_962, "lenet5": 61_706}
 NUM_CLASSES = 7  # Not the default 10, so that the trainer's override is seen to work.
 
 
 def example_input(name: str, seed: int = 0) -> jax.Array:
-  return jax.random.normal(jax.random.key(seed), EXAMPLE_SHAPES.get(name, (2, 28, 28, 1)), jnp.float32)
+  return jax.random.normal(jax.random.key(seed), (2, *model_input_shape(name)), jnp.float32)
 
 
 def init(model: nn.Module, x: jax.Array) -> dict:
@@ -39,8 +46,41 @@ def jit_init(model: nn.Module, x: jax.Array) -> dict:
 
 
 def count_params(model: nn.Module, x: jax.Array) -> int:
-  shapes = jax.eval_shape(lambda: init(model, x))["params"]  # Shapes only: nothing is allocated.
+  shapes = jax.eval_shape(lambda x: init(model, x), x)["params"]  # Shapes only: nothing is allocated.
   return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(shapes))
+
+
+def _size(name: str) -> int:
+  x = jax.ShapeDtypeStruct((2, *model_input_shape(name)), jnp.float32)
+  return count_params(create_model(name), x)
+
+
+SIZES = {name: _size(name) for name in list_models()}
+SMALL = [name for name in list_models() if SIZES[name] <= LARGE]
+CASES = [(name, {}) for name in SMALL] + EXTRA_CASES
+IDS = [name + "".join(f"-{k}={v}" for k, v in kw.items()) for name, kw in CASES]
+
+
+@pytest.mark.parametrize("name", [name for name in list_models() if SIZES[name] > LARGE])
+def test_large_models_abstractly(name):
+  model = create_model(name, num_classes=NUM_CLASSES)
+  x = jax.ShapeDtypeStruct((2, *model_input_shape(name)), jnp.float32)
+  variables = jax.eval_shape(lambda x: init(model, x), x)
+  for train in (False, True):
+    out = jax.eval_shape(
+      lambda v, x, train=train: model.apply(
+        v, x, train=train, rngs={"dropout": jax.random.key(0)}, mutable=True
+      ),
+      variables,
+      x,
+    )[0]
+    assert out.shape == (2, NUM_CLASSES) and out.dtype == jnp.float32
+
+
+def test_every_family_has_a_small_variant():
+  families = {MODELS.get(name).__module__ for name in list_models()}
+  small = {MODELS.get(name).__module__ for name in SMALL}
+  assert families == small, f"families without a variant of <= {LARGE:,} parameters: {families - small}"
 
 
 @pytest.fixture(scope="module", params=CASES, ids=IDS)  # Modules and variables are immutable.

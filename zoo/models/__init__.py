@@ -18,9 +18,30 @@ MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 _NOT_FIELDS = ("parent", "name")  # Flax's own dataclass fields, not the model's.
 
 
-def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-  """Registers a variant function (`**overrides -> module`) under its `__name__`; a duplicate name raises."""
-  return MODELS.register(fn)
+# The input shape (H, W, C) or (D,) each model is meant for (used by `zoo summary` and the tests).
+INPUT_SHAPES: dict[str, tuple[int, ...]] = {}
+DEFAULT_INPUT_SHAPE = (28, 28, 1)
+
+
+def register_model(fn: Callable[..., nn.Module] | None = None, *, input_shape: tuple[int, ...] | None = None):
+  """Registers a variant function (`**overrides -> module`) under its `__name__`; a duplicate name raises.
+
+  `@register_model` or `@register_model(input_shape=(224, 224, 3))`: the shape of one example the variant
+  is meant for (default 28x28x1).
+  """
+
+  def add(f: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    MODELS.register(f)
+    INPUT_SHAPES[f.__name__] = tuple(input_shape or DEFAULT_INPUT_SHAPE)
+    return f
+
+  return add if fn is None else add(fn)
+
+
+def model_input_shape(name: str) -> tuple[int, ...]:
+  """The example shape model `name` is registered for."""
+  MODELS.get(name)  # A misspelt name fails with suggestions.
+  return INPUT_SHAPES[name]
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -64,6 +85,8 @@ from zoo.models import cnn, mlp  # noqa: E402, F401
 __all__ = [
   "ACTIVATIONS",
   "MODELS",
+  "INPUT_SHAPES",
+  "model_input_shape",
   "create_model",
   "get_activation",
   "list_models",
