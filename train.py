@@ -1,5 +1,8 @@
 """Train a registered config: `python train.py --config NAME [--workdir DIR] [--config.KEY=VALUE ...]`.
 
+`--find-lr` runs the learning-rate range test instead of training (zoo.find_lr): it writes lr_find.png and
+lr_find.json into the workdir (default runs/<config>_lr_find) and prints the suggested rate.
+
 Every config field can be overridden with `--config.KEY=VALUE` (e.g. `--config.optimizer.learning_rate=3e-4
 --config.epochs=3`); values are Python literals checked against the field's type. `python -m zoo list`
 lists the configs, models, optimisers and schedules.
@@ -40,6 +43,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
   parser.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu", "tpu"])
   parser.add_argument("--smoke", action="store_true", help="the config's tiny variant, for a quick check")
   parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+  parser.add_argument("--find-lr", action="store_true", help="run the LR range test instead of training")
+  parser.add_argument("--find-lr-steps", type=int, default=100, metavar="N", help="rates tried (default 100)")
   args, rest = parser.parse_known_args(argv)
   overrides, i = [], 0
   while i < len(rest):  # `--config.a.b=v` or `--config.a.b v`
@@ -67,17 +72,25 @@ def main(argv: list[str] | None = None) -> int:
     config = zoo.get_config(args.config, overrides, smoke=args.smoke)
     if args.data_dir:
       config.data.data_dir = args.data_dir
-    workdir = args.workdir or f"runs/{args.config}{'_smoke' if args.smoke else ''}"
+    suffix = ("_smoke" if args.smoke else "") + ("_lr_find" if args.find_lr else "")
+    workdir = args.workdir or f"runs/{args.config}{suffix}"
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     with logging_redirect_tqdm():  # Log lines appear above the progress bar, not through it.
-      result = zoo.train_and_evaluate(config, workdir, progress=not args.no_progress)
+      if args.find_lr:
+        found = zoo.find_lr(config, workdir, steps=args.find_lr_steps, progress=not args.no_progress)
+      else:
+        result = zoo.train_and_evaluate(config, workdir, progress=not args.no_progress)
   except zoo.ZooError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   except KeyboardInterrupt:
-    print("interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
+    resume = "" if args.find_lr else "; rerun the same command to resume from the last checkpoint"
+    print(f"interrupted{resume}", file=sys.stderr)
     return 130
+  if args.find_lr:
+    print(zoo.train.lr_finder.summary_line(args.config, found))
+    return 0
   metrics = ", ".join(f"{k} {v:.4f}" for k, v in result["test"].items())
   print(f"{args.config}: test {metrics} after {result['step']} steps (workdir {workdir})")
   return 0

@@ -13,6 +13,7 @@ from zoo.platform import select_accelerator  # noqa: E402
 from zoo.registry import Registry, UnknownNameError, ZooError  # noqa: E402
 from zoo.tasks import create_task, list_tasks  # noqa: E402
 from zoo.train import TrainState, build, count_params, train_and_evaluate  # noqa: E402
+from zoo.train.lr_finder import find_lr  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -30,6 +31,7 @@ __all__ = [
   "create_optimizer",
   "create_schedule",
   "create_task",
+  "find_lr",
   "get_config",
   "list_configs",
   "list_datasets",

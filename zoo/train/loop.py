@@ -185,7 +185,7 @@ def train_and_evaluate(
     steps_per_epoch=exp.steps_per_epoch,
     preprocess=exp.preprocess,
     augment=exp.augment,
-    penalty=_penalty(cfg.regularization),
+    penalty=penalty_fn(cfg.regularization),
     averaging=cfg.averaging if averaging_on else None,
     update_count=functools.partial(optim.update_count, cfg.optimizer),
     skipped_updates=functools.partial(optim.skipped_updates, cfg.optimizer),
@@ -210,7 +210,7 @@ def train_and_evaluate(
   pending: list[tuple[int, Any]] = []  # Metrics still on the device, read in one go at each log step.
   last_saved = start_step
   test_metrics: dict[str, float] = {}
-  bar = _progress_bar(exp.total_steps, start_step, progress)
+  bar = progress_bar(exp.total_steps, start_step, progress)
   interval_start = last_plot = time.perf_counter()
 
   def flush(step: int) -> None:
@@ -354,7 +354,7 @@ def _eval_variables_fn(exp: Experiment, train_data: dict[str, jax.Array], perm: 
   return eval_variables
 
 
-def _penalty(reg: config_lib.RegularizationConfig):
+def penalty_fn(reg: config_lib.RegularizationConfig):
   if not (reg.l1 or reg.l2):
     return None
   return functools.partial(regularizers.penalty, l1=reg.l1, l2=reg.l2, pattern=reg.pattern)
@@ -380,7 +380,7 @@ def _write_config(workdir: Path, cfg: config_lib.Config) -> None:
   tmp.replace(path)
 
 
-def _progress_bar(total: int, initial: int, enabled: bool):
+def progress_bar(total: int, initial: int, enabled: bool):
   from tqdm.auto import tqdm
 
   return tqdm(
