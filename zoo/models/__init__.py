@@ -78,9 +78,13 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
   return fn(**checked)
 
 
-# The family files register their variants on import; they import `register_model` from this
-# (partially initialised) module, so these imports must come after its definition.
-from zoo.models import cnn, mlp  # noqa: E402, F401
+# Every module of this package is imported, so a family file registers its variants just by being here.
+# The files import `register_model` from this (partially initialised) module, so this comes after it.
+import importlib  # noqa: E402
+import pkgutil  # noqa: E402
+
+for _module in pkgutil.iter_modules(__path__):
+  importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = [
   "ACTIVATIONS",
