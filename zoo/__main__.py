@@ -1,4 +1,6 @@
-"""`python -m zoo list [KIND] [PATTERN]`: what the zoo holds (configs, models, optimizers, schedules, ...)."""
+"""`python -m zoo list [KIND] [PATTERN]`: what the zoo holds (configs, models, optimizers, schedules, ...).
+`python -m zoo summary MODEL [--input-shape H,W,C] [--depth N] [FIELD=VALUE ...]`: a model's layers, output
+shapes, parameters and FLOPs."""
 
 from __future__ import annotations
 
@@ -51,6 +53,29 @@ def cmd_list(args: argparse.Namespace) -> int:
   return 0
 
 
+def cmd_summary(args: argparse.Namespace) -> int:
+  from zoo.config import parse_value
+  from zoo.models import create_model, model_input_shape
+  from zoo.models.summary import summarize
+  from zoo.registry import ZooError
+
+  overrides = {}
+  for item in args.overrides:
+    key, sep, value = item.partition("=")
+    if not sep:
+      raise ZooError(f"model overrides look like FIELD=VALUE (e.g. num_classes=10), got {item!r}")
+    overrides[key] = parse_value(value)
+  model = create_model(args.model, **overrides)
+  shape = model_input_shape(args.model)
+  if args.input_shape:
+    try:
+      shape = tuple(int(n) for n in args.input_shape.replace("x", ",").split(","))
+    except ValueError:
+      raise ZooError(f"--input-shape takes sizes like 224,224,3; got {args.input_shape!r}") from None
+  print(summarize(model, shape, depth=args.depth, name=args.model).format())
+  return 0
+
+
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m zoo", description=__doc__)
   sub = parser.add_subparsers(dest="command", required=True)
@@ -62,6 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     help="optional kind (configs, models, ...) then a pattern like 'mnist*' or a substring",
   )
   p_list.set_defaults(func=cmd_list)
+  p_sum = sub.add_parser("summary", help="a model's layers, output shapes, parameters and FLOPs")
+  p_sum.add_argument("model", help="a registered model name (python -m zoo list models)")
+  p_sum.add_argument("overrides", nargs="*", metavar="FIELD=VALUE", help="model fields, e.g. num_classes=10")
+  p_sum.add_argument("--input-shape", help="one example's shape, e.g. 224,224,3 (default: the model's own)")
+  p_sum.add_argument("--depth", type=int, default=1, help="how deep to list nested modules (default 1)")
+  p_sum.set_defaults(func=cmd_summary)
   args = parser.parse_args(argv)
   from zoo.registry import ZooError
 
