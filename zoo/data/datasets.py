@@ -1,4 +1,4 @@
-"""Datasets by name (digits, MNIST, Fashion-MNIST, synthetic); normalisation fitted on the training split."""
+"""Datasets by name (digits, MNIST, Fashion-MNIST, XOR, synthetic); normalisation fitted on training data."""
 
 from __future__ import annotations
 
@@ -21,9 +21,11 @@ from zoo.registry import Registry, ZooError, call_with_checked_kwargs
 
 @dataclasses.dataclass(frozen=True, eq=False, repr=False)  # eq/hash by identity: fields are arrays.
 class Dataset:
-  """A classification dataset held in host memory, split into train and test.
+  """A dataset held in host memory, split into train and test.
 
-  Images are (N, H, W, C) uint8; tabular data is (N, D) float32 or uint8. Labels are (N,) int32.
+  Images are (N, H, W, C) uint8; tabular data is (N, D) float32 or uint8. Classification labels are (N,)
+  int32 in [0, num_classes). Regression targets are float32, (N,) for one target or (N, T) for T targets;
+  `num_classes` is then the number of targets T (1 for (N,)): the width of the model's output layer.
   `pixel_max` is the input value that 'scale' normalisation maps to 1.0.
   """
 
@@ -37,8 +39,28 @@ class Dataset:
 
   def __post_init__(self):
     for x, y, split in ((self.x_train, self.y_train, "train"), (self.x_test, self.y_test, "test")):
-      if len(x) != len(y) or y.ndim != 1 or y.dtype != np.int32 or x.shape[1:] != self.x_train.shape[1:]:
-        raise ValueError(f"dataset {self.name!r}: inconsistent {split} split {x.shape} {y.shape} {y.dtype}")
+      if y.dtype == np.int32:
+        label_ok = y.ndim == 1
+      elif y.dtype == np.float32:
+        label_ok = (y.ndim == 1 and self.num_classes == 1) or (y.ndim == 2 and y.shape[1] == self.num_classes)
+      else:
+        label_ok = False
+      if (
+        not label_ok
+        or len(x) != len(y)
+        or y.dtype != self.y_train.dtype
+        or x.shape[1:] != self.x_train.shape[1:]
+      ):
+        raise ValueError(
+          f"dataset {self.name!r}: inconsistent {split} split {x.shape} {y.shape} {y.dtype} "
+          f"(labels are (N,) int32; regression targets (N,) float32 with num_classes=1 or (N, T) float32 "
+          f"with num_classes=T; here num_classes={self.num_classes})"
+        )
+
+  @property
+  def is_regression(self) -> bool:
+    """Whether `y` holds float regression targets rather than integer class labels."""
+    return self.y_train.dtype == np.float32
 
   @property
   def input_shape(self) -> tuple[int, ...]:
@@ -278,3 +300,68 @@ def synthetic_tabular(
 
   (x_train, y_train), (x_test, y_test) = sample(n_train), sample(n_test)
   return Dataset("synthetic_tabular", x_train, y_train, x_test, y_test, num_classes, pixel_max=1.0)
+
+
+# The reference documents' regression target: a few interactions, one square and one linear term of the
+# first six features (the rest are distractors), each term independent of the others, so its mean and
+# variance are known exactly: E = 0.2 E[x0^2] + 0.1 E[x4] E[x5^2] = 0.2, and Var = 0.2^2 Var[x0^2] (2) +
+# 0.3^2 (1) + 0.5^2 (1) + 0.1^2 E[x4^2] E[x5^4] (3) = 0.45, plus the noise's variance.
+_REGRESSION_FEATURES = 6
+_REGRESSION_MEAN = 0.2
+_REGRESSION_VARIANCE = 0.45
+
+
+@register_dataset
+def synthetic_regression(
+  n_train: int = 1000, n_test: int = 200, features: int = 10, noise: float = 0.2, seed: int = 0
+) -> Dataset:
+  """The reference documents' synthetic regression problem: x ~ N(0, I) in `features` dimensions and
+  y = 0.2 x0^2 + 0.3 x1 x2 - 0.5 x3 + 0.1 x4 x5^2 + noise * N(0, 1), one float32 target.
+
+  y is standardised with its exact population mean and standard deviation (0.2 and sqrt(0.45 + noise^2)),
+  so both splits share one scale and the test split's statistics never reach training (the documents
+  standardise each split with its own). The best possible R^2 is 0.45 / (0.45 + noise^2), 0.918 by default.
+  """
+  _check_positive("synthetic_regression", n_train=n_train, n_test=n_test)
+  if features < _REGRESSION_FEATURES:
+    raise ZooError(f"synthetic_regression: features must be at least 6 (the target uses 6), got {features}")
+  if not noise >= 0:
+    raise ZooError(f"synthetic_regression: noise must be >= 0, got {noise}")
+  rng = np.random.default_rng(seed)
+  scale = math.sqrt(_REGRESSION_VARIANCE + noise**2)
+
+  def sample(n: int) -> tuple[np.ndarray, np.ndarray]:
+    x = rng.normal(0, 1, (n, features))
+    y = 0.2 * x[:, 0] ** 2 + 0.3 * x[:, 1] * x[:, 2] - 0.5 * x[:, 3] + 0.1 * x[:, 4] * x[:, 5] ** 2
+    y = y + noise * rng.normal(0, 1, n)
+    return x.astype(np.float32), ((y - _REGRESSION_MEAN) / scale).astype(np.float32)
+
+  (x_train, y_train), (x_test, y_test) = sample(n_train), sample(n_test)
+  return Dataset("synthetic_regression", x_train, y_train, x_test, y_test, num_classes=1, pixel_max=1.0)
+
+
+_XOR_CORNERS = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], np.float32)
+_XOR_LABELS = np.array([0, 1, 1, 0], np.int32)
+
+
+@register_dataset
+def xor(n_train: int = 4, n_test: int = 4, noise: float = 0.0, seed: int = 0) -> Dataset:
+  """XOR of two binary inputs (Minsky & Papert 1969): not linearly separable, so it needs a hidden layer.
+
+  By default both splits are the four points (0,0), (0,1), (1,0), (1,1) with labels 0, 1, 1, 0. Otherwise
+  example i is corner i % 4 (balanced classes) plus Gaussian noise of std `noise` on each input; its label
+  is its corner's. Labels are int32 and num_classes is 2 (a model with one output unit for a sigmoid
+  task sets `num_classes=1` itself).
+  """
+  _check_positive("xor", n_train=n_train, n_test=n_test)
+  if not noise >= 0:
+    raise ZooError(f"xor: noise must be >= 0, got {noise}")
+  rng = np.random.default_rng(seed)
+
+  def sample(n: int) -> tuple[np.ndarray, np.ndarray]:
+    corner = np.arange(n) % 4
+    x = _XOR_CORNERS[corner] + (noise * rng.normal(0, 1, (n, 2)) if noise else 0.0)
+    return x.astype(np.float32), _XOR_LABELS[corner]
+
+  (x_train, y_train), (x_test, y_test) = sample(n_train), sample(n_test)
+  return Dataset("xor", x_train, y_train, x_test, y_test, num_classes=2, pixel_max=1.0)

@@ -222,7 +222,7 @@ def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.nd
   return fpr, tpr, thresholds
 
 
-def _new_figure(width: float, height: float):
+def new_figure(width: float, height: float):
   # A bare Figure on an Agg canvas: no pyplot global state, no backend switch for the caller.
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
@@ -266,7 +266,7 @@ def save_confusion_png(
     raise ReportError(f"class_names has {len(class_names)} names for {num_classes} classes.")
   values = _safe_divide(confusion, confusion.sum(axis=1, keepdims=True)) if normalize else confusion
   side = min(max(4.0, 0.5 * num_classes + 2.0), 20.0)
-  figure = _new_figure(side + 1.0, side)
+  figure = new_figure(side + 1.0, side)
   axes = figure.add_subplot()
   image = axes.imshow(values, cmap="Blues", vmin=0.0, vmax=1.0 if normalize else None)
   figure.colorbar(image, ax=axes)
@@ -297,7 +297,7 @@ def save_roc_png(labels: np.ndarray, scores: np.ndarray, path) -> pathlib.Path:
   """
   fpr, tpr, _ = roc_curve(labels, scores)
   auc = roc_auc(labels, scores)
-  figure = _new_figure(5.0, 5.0)
+  figure = new_figure(5.0, 5.0)
   axes = figure.add_subplot()
   axes.plot(fpr, tpr, label=f"ROC (AUC = {auc:.3f})")
   axes.plot([0, 1], [0, 1], linestyle="--", color="gray", label="chance")
