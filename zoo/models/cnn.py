@@ -1,4 +1,4 @@
-"""Small CNNs: LeNet-5 (LeCun et al. 1998), a reference MNIST CNN, a BatchNorm CNN (Ioffe & Szegedy 2015)."""
+"""Small CNNs: LeNet-5 (LeCun et al. 1998), a reference MNIST CNN, a CNN with batch, layer or group norm."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from zoo.models import register_model
 from zoo.models.layers import POOLS, check_choice, get_activation, he_normal, kernel_init_for, max_pool
+from zoo.models.regularized_layers import NORMALIZATIONS, normalization_layer, resolve_num_groups
 
 
 class MnistCNN(nn.Module):
@@ -82,37 +83,65 @@ class LeNet5(nn.Module):
 
 
 class BatchNormCNN(nn.Module):
-  """Per stage: [Conv 3x3 SAME -> BatchNorm -> ReLU] x `convs_per_stage` -> 2x2 max-pool; then flatten ->
-  Dense `hidden` -> BatchNorm -> ReLU -> dropout -> Dense K.
+  """Per stage: [Conv 3x3 SAME -> norm -> ReLU] x `convs_per_stage` -> 2x2 max-pool; then flatten ->
+  Dense `hidden` -> norm -> ReLU -> dropout -> Dense K.
 
   Dimensions: B batch, H, W, C image, K classes; each stage halves H and W and has `features[i]` channels.
-  Convolutions and the hidden layer have no bias: the BatchNorm after each supplies the offset.
+  `norm` is BatchNorm by default (Ioffe & Szegedy 2015); 'layer' normalises each convolution's output over
+  all its (H, W, C) units (Ba et al. 2016) and the hidden layer's over its features; 'group' over groups
+  of channels (Wu & He 2018), `num_groups` of them (None: the largest count up to 32 that divides every
+  width in `features` and `hidden` with at least 2 channels per group); 'none' leaves them out.
+  Convolutions and the hidden layer have a bias only with norm='none': the norm's offset replaces it.
   """
 
   features: tuple[int, ...] = (32, 64)
   convs_per_stage: int = 2
   hidden: int = 128
   dropout: float = 0.3
+  norm: Literal["batch", "layer", "group", "none"] = "batch"
+  num_groups: int | None = None
   num_classes: int = 10
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
+  def __post_init__(self):
+    check_choice(self.norm, NORMALIZATIONS, "norm")
+    if self.norm == "group":
+      self._num_groups()  # Widths it cannot divide fail when the module is built.
+    super().__post_init__()
+
+  def _num_groups(self) -> int:
+    return resolve_num_groups(
+      self.num_groups,
+      conv_widths=self.features if self.convs_per_stage > 0 else (),
+      dense_widths=(self.hidden,),
+      where=f"bn_cnn with features={tuple(self.features)}, hidden={self.hidden}",
+    )
+
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-    kw = dict(use_bias=False, kernel_init=he_normal, dtype=self.dtype, param_dtype=self.param_dtype)
+    kw = dict(
+      use_bias=self.norm == "none", kernel_init=he_normal, dtype=self.dtype, param_dtype=self.param_dtype
+    )
+    num_groups = self._num_groups() if self.norm == "group" else 0
 
-    def norm(y: jax.Array) -> jax.Array:
-      bn = nn.BatchNorm(
-        use_running_average=not train, momentum=0.9, dtype=self.dtype, param_dtype=self.param_dtype
+    def norm_relu(y: jax.Array, layer_axes: int | tuple[int, ...]) -> jax.Array:
+      norm = normalization_layer(
+        self.norm,
+        train=train,
+        num_groups=num_groups,
+        layer_axes=layer_axes,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
       )
-      return nn.relu(bn(y))
+      return nn.relu(norm(y))
 
     for f in self.features:
       for _ in range(self.convs_per_stage):
-        x = norm(nn.Conv(f, (3, 3), padding="SAME", **kw)(x))  # (B, H, W, f)
+        x = norm_relu(nn.Conv(f, (3, 3), padding="SAME", **kw)(x), (-3, -2, -1))  # (B, H, W, f)
       x = max_pool(x, 2)  # (B, H/2, W/2, f)
     x = x.reshape(x.shape[0], -1)  # (B, H*W*f): 3136 at 28x28 with features (32, 64)
-    x = norm(nn.Dense(self.hidden, **kw)(x))  # (B, hidden)
+    x = norm_relu(nn.Dense(self.hidden, **kw)(x), -1)  # (B, hidden)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype)(x)  # (B, K)
     return logits.astype(jnp.float32)

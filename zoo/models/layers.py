@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -64,27 +65,50 @@ def kernel_init_for(activation: str) -> nn.initializers.Initializer:
 
 # Non-overlapping pools written as a reshape and a reduction: on XLA CPU the gradient of `nn.max_pool`
 # (reduce_window + select_and_scatter) measured 76-91 ms per MNIST-CNN step against ~17 ms for the whole step
-# with this form. Same values; the max's gradient differs only at exact ties (split between them, not one).
+# with this form. Same values and gradients (at ties, each window's first maximum takes it, as there).
 
 
-def _pool(x: jax.Array, window: int, reduce: Callable[..., jax.Array]) -> jax.Array:
+def _windows(x: jax.Array, window: int) -> jax.Array:
   *lead, h, w, c = x.shape  # (..., H, W, C)
   # Drop the rows and columns that do not fill a window, as VALID pooling does.
   x = x[..., : h - h % window, : w - w % window, :]
-  x = x.reshape(*lead, h // window, window, w // window, window, c)  # (..., H/w, w, W/w, w, C)
-  return reduce(x, axis=(-4, -2))
+  return x.reshape(*lead, h // window, window, w // window, window, c)  # (..., H/w, w, W/w, w, C)
 
 
+def _first_max(xw: jax.Array) -> jax.Array:
+  """A mask of (..., H/w, w, W/w, w, C) windows with one True per window, at its first maximum.
+
+  Built from argmaxes, never from `x == max(x)`: under jit XLA may compute the max from one evaluation of
+  x and the comparison from another (re-fused, rounded differently), so that no element equals the max.
+  JAX's own max gradient divides by that count, and gave NaN gradients to GroupNorm CNNs that way.
+  """
+  col = jnp.argmax(xw, axis=-2)  # (..., H/w, w, W/w, C): each window row's maximum's column
+  row = jnp.argmax(jnp.max(xw, axis=-2), axis=-3)  # (..., H/w, W/w, C): the row holding the maximum
+  rows = jax.lax.broadcasted_iota(jnp.int32, xw.shape, xw.ndim - 4)
+  cols = jax.lax.broadcasted_iota(jnp.int32, xw.shape, xw.ndim - 2)
+  return (rows == jnp.expand_dims(row, (-4, -2))) & (cols == jnp.expand_dims(col, -2))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
 def max_pool(x: jax.Array, window: int) -> jax.Array:
   """Max over non-overlapping `window` x `window` patches of (B, H, W, C): equals `nn.max_pool` with
-  window = stride and VALID padding."""
-  return _pool(x, window, jnp.max)
+  window = stride and VALID padding. Its derivative is each window's first maximum's (see _first_max)."""
+  return jnp.max(_windows(x, window), axis=(-4, -2))
+
+
+@max_pool.defjvp
+def _max_pool_jvp(window: int, primals: tuple[jax.Array], tangents: tuple[jax.Array]):
+  (x,), (t,) = primals, tangents
+  xw, tw = _windows(x, window), _windows(t, window)
+  # Linear in t, so reverse mode transposes it: the cotangent goes to the chosen element of each window.
+  picked = jnp.sum(jnp.where(_first_max(xw), tw, jnp.zeros_like(tw)), axis=(-4, -2))
+  return jnp.max(xw, axis=(-4, -2)), picked
 
 
 def avg_pool(x: jax.Array, window: int) -> jax.Array:
   """Mean over non-overlapping `window` x `window` patches of (B, H, W, C): equals `nn.avg_pool` with
   window = stride and VALID padding."""
-  return _pool(x, window, jnp.mean)
+  return jnp.mean(_windows(x, window), axis=(-4, -2))
 
 
 POOLS: dict[str, Callable[[jax.Array, int], jax.Array]] = {"avg": avg_pool, "max": max_pool}
