@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from zoo.data import cifar  # noqa: F401  (imported so that its loaders register)
 from zoo.data.augment import AUGMENTATIONS, create_augmentation, register_augmentation
 from zoo.data.datasets import (
   DATASETS,
