@@ -171,10 +171,14 @@ def test_batch_stats_move_in_train_mode_only(case):
   _, train_updates = model.apply(
     variables, x, train=True, rngs={"dropout": jax.random.key(0)}, mutable=["batch_stats"]
   )
-  for new_leaf, old_leaf in zip(
-    jax.tree.leaves(train_updates["batch_stats"]), jax.tree.leaves(old), strict=True
-  ):
-    assert not np.allclose(new_leaf, old_leaf)
+  # Every BatchNorm layer's statistics move (one of them may not: after a bias-free linear map of
+  # normalised features, as in EfficientNet, the batch mean is exactly 0 and the running mean stays).
+  moved: dict[str, bool] = {}
+  new_leaves = jax.tree_util.tree_leaves_with_path(train_updates["batch_stats"])
+  for (path, new_leaf), old_leaf in zip(new_leaves, jax.tree.leaves(old), strict=True):
+    layer = jax.tree_util.keystr(path[:-1])
+    moved[layer] = moved.get(layer, False) or not np.allclose(new_leaf, old_leaf)
+  assert all(moved.values()), [layer for layer, m in moved.items() if not m]
 
 
 def test_dropout_only_in_train_mode(case):
