@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from zoo.models import register_model
-from zoo.models.blocks import DropPath, SqueezeExcite
+from zoo.models.blocks import DepthwiseConv, DropPath, SqueezeExcite
 from zoo.registry import ZooError
 
 # One stage of the base network (the paper's Table 1, B0): (expand ratio, kernel, stride of its first
@@ -120,15 +120,12 @@ class MBConv(nn.Module):
     if spec.expand_ratio != 1:
       y = nn.Conv(hidden, (1, 1), use_bias=False, kernel_init=conv_init, name="expand_conv", **kw)(y)
       y = nn.silu(_batch_norm(train, name="expand_norm", **kw)(y))  # (B, H, W, eC)
-    y = nn.Conv(
-      hidden,
-      (spec.kernel, spec.kernel),
-      strides=spec.stride,
+    # Depthwise: one kxk filter per channel, as shifted slices (XLA CPU runs grouped convolutions slowly);
+    # the same parameter as nn.Conv(feature_group_count=eC), so pretrained kernels load.
+    y = DepthwiseConv(
+      spec.kernel,
+      spec.stride,
       padding="SAME",
-      # Depthwise: one kxk filter per channel. XLA CPU runs grouped convolutions slowly (most of a step's
-      # time on CPU); accelerators run them well, and the same kernels load pretrained weights.
-      feature_group_count=hidden,
-      use_bias=False,
       kernel_init=depthwise_init,
       name="depthwise_conv",
       **kw,

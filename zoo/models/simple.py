@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from zoo.models import register_model
+from zoo.models.blocks import DepthwiseConv
 from zoo.models.layers import get_activation, he_normal, kernel_init_for, max_pool
 from zoo.models.regularized_layers import check_rate
 from zoo.registry import ZooError
@@ -231,10 +232,16 @@ class SeparableConv(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     kw = dict(use_bias=False, kernel_init=he_normal, dtype=self.dtype, param_dtype=self.param_dtype)
-    k, m, pad = self.kernel_size, x.shape[-1], self.kernel_size // 2
+    k, pad = self.kernel_size, self.kernel_size // 2
     # Symmetric padding (SAME would pad only after when striding an even size).
-    x = nn.Conv(
-      m, (k, k), self.strides, padding=((pad, pad), (pad, pad)), feature_group_count=m, name="depthwise", **kw
+    x = DepthwiseConv(
+      k,
+      self.strides,
+      padding=((pad, pad), (pad, pad)),
+      kernel_init=he_normal,
+      name="depthwise",
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
     )(x)
     x = nn.relu(_batch_norm(train, self.dtype, self.param_dtype, "depthwise_bn")(x))  # (B, H/s, W/s, M)
     x = nn.Conv(self.features, (1, 1), name="pointwise", **kw)(x)
