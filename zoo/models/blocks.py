@@ -1,5 +1,6 @@
 """Blocks several families share: stochastic depth (Huang et al. 2016, "Deep Networks with Stochastic
-Depth") and squeeze-and-excitation (Hu et al. 2018, "Squeeze-and-Excitation Networks")."""
+Depth"), squeeze-and-excitation (Hu et al. 2018, "Squeeze-and-Excitation Networks"), the Transformer's
+two-layer GELU MLP and the exact GELU."""
 
 from __future__ import annotations
 
@@ -10,6 +11,39 @@ import jax
 import jax.numpy as jnp
 
 from zoo.models.layers import get_activation
+
+
+def gelu(x: jax.Array) -> jax.Array:
+  """The exact (erf) GELU of Hendrycks & Gimpel, as the ViT and Mixer papers' models and timm use; the
+  zoo's "gelu" activation is the tanh approximation (differs by < 1e-3)."""
+  return jax.nn.gelu(x, approximate=False)
+
+
+class MlpBlock(nn.Module):
+  """Dense `mlp_dim` -> GELU -> dropout -> Dense back to the input's last dimension -> dropout.
+
+  Acts on the last axis only, so each row of the other axes is transformed independently (a Transformer's
+  MLP gets (B, N, D); Mixer's token-mixing MLP gets (B, D, N), the patches' axis last). The initialisers
+  are fields because the families differ: ViT uses Xavier-uniform kernels and N(0, 1e-6) biases, Mixer
+  flax's defaults.
+  """
+
+  mlp_dim: int
+  dropout: float = 0.0
+  kernel_init: Any = nn.linear.default_kernel_init
+  bias_init: Any = nn.initializers.zeros
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    kw = dict(
+      kernel_init=self.kernel_init, bias_init=self.bias_init, dtype=self.dtype, param_dtype=self.param_dtype
+    )
+    y = gelu(nn.Dense(self.mlp_dim, **kw)(x))
+    y = nn.Dropout(self.dropout, deterministic=not train)(y)
+    y = nn.Dense(x.shape[-1], **kw)(y)
+    return nn.Dropout(self.dropout, deterministic=not train)(y)
 
 
 class DropPath(nn.Module):

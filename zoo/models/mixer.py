@@ -9,38 +9,11 @@ import jax
 import jax.numpy as jnp
 
 from zoo.models import register_model
-from zoo.models.blocks import DropPath
+from zoo.models.blocks import DropPath, MlpBlock
 from zoo.models.regularized_layers import check_rate
 from zoo.registry import ZooError
 
 LN_EPSILON = 1e-6  # The paper's code (flax's default) and timm.
-
-
-def gelu(x: jax.Array) -> jax.Array:
-  # The exact (erf) GELU, as timm's Mixer (the paper's code calls flax's nn.gelu, the tanh approximation,
-  # which differs by < 1e-3); the zoo's "gelu" activation is the tanh approximation.
-  return jax.nn.gelu(x, approximate=False)
-
-
-class MlpBlock(nn.Module):
-  """Dense `mlp_dim` -> GELU -> dropout -> Dense back to the input's last dimension -> dropout.
-
-  Acts on the last axis only, so each row of the other axes is mixed independently: a token-mixing MLP
-  gets (B, D, N) (the patches' axis last), a channel-mixing MLP (B, N, D).
-  """
-
-  mlp_dim: int
-  dropout: float = 0.0
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)  # Flax defaults, as the paper's code.
-    y = gelu(nn.Dense(self.mlp_dim, **kw)(x))
-    y = nn.Dropout(self.dropout, deterministic=not train)(y)
-    y = nn.Dense(x.shape[-1], **kw)(y)
-    return nn.Dropout(self.dropout, deterministic=not train)(y)
 
 
 class MixerBlock(nn.Module):

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from zoo.models import register_model
-from zoo.models.blocks import DropPath
+from zoo.models.blocks import DropPath, MlpBlock
 from zoo.models.layers import check_choice
 from zoo.models.regularized_layers import check_rate
 from zoo.registry import ZooError
@@ -37,11 +37,6 @@ def _as_matrix(init: nn.initializers.Initializer) -> nn.initializers.Initializer
 
 # LeCun normal (fan-in), flax's default and so the paper's code's, for the patch and stem convolutions.
 conv_init = _as_matrix(nn.initializers.lecun_normal())
-
-
-def gelu(x: jax.Array) -> jax.Array:
-  # The exact (erf) GELU as in the paper and timm; the zoo's "gelu" activation is the tanh approximation.
-  return jax.nn.gelu(x, approximate=False)
 
 
 def drop_path_rates(rate: float, depth: int) -> list[float]:
@@ -82,23 +77,6 @@ class SelfAttention(nn.Module):
     return nn.DenseGeneral(width, axis=(-2, -1), name="out", **kw)(y)  # (B, N, D)
 
 
-class MlpBlock(nn.Module):
-  """Dense `mlp_dim` -> GELU -> dropout -> Dense back to the input width -> dropout."""
-
-  mlp_dim: int
-  dropout: float = 0.0
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-    kw = dict(kernel_init=dense_init, bias_init=mlp_bias_init, dtype=self.dtype, param_dtype=self.param_dtype)
-    y = gelu(nn.Dense(self.mlp_dim, **kw)(x))  # (B, N, mlp_dim)
-    y = nn.Dropout(self.dropout, deterministic=not train)(y)
-    y = nn.Dense(x.shape[-1], **kw)(y)  # (B, N, D)
-    return nn.Dropout(self.dropout, deterministic=not train)(y)
-
-
 class EncoderBlock(nn.Module):
   """Pre-LN Transformer block: x + DropPath(dropout(MHSA(LN(x)))), then x + DropPath(MLP(LN(x)))."""
 
@@ -115,7 +93,8 @@ class EncoderBlock(nn.Module):
     y = SelfAttention(self.num_heads, name="attention", **kw)(nn.LayerNorm(LN_EPSILON, **kw)(x))
     y = nn.Dropout(self.dropout, deterministic=not train)(y)
     x = x + DropPath(self.drop_path)(y, train)
-    y = MlpBlock(self.mlp_dim, self.dropout, name="mlp", **kw)(nn.LayerNorm(LN_EPSILON, **kw)(x), train=train)
+    mlp = MlpBlock(self.mlp_dim, self.dropout, dense_init, mlp_bias_init, name="mlp", **kw)
+    y = mlp(nn.LayerNorm(LN_EPSILON, **kw)(x), train=train)
     return x + DropPath(self.drop_path)(y, train)
 
 
