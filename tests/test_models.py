@@ -11,13 +11,16 @@ import pytest
 
 from zoo.models import (
   ACTIVATIONS,
+  CLASSIFIER,
   MODELS,
   create_model,
   get_activation,
   list_models,
   model_input_shape,
+  model_spec,
   register_model,
 )
+from zoo.models import example_input as registered_example
 from zoo.models.layers import avg_pool, max_pool
 from zoo.registry import UnknownNameError, ZooError
 
@@ -34,8 +37,30 @@ PINNED_PARAMS = {"mnist_cnn": 693_962, "lenet5": 61_706}
 NUM_CLASSES = 7  # Not the default 10, so that the trainer's override is seen to work.
 
 
-def example_input(name: str, seed: int = 0) -> jax.Array:
-  return jax.random.normal(jax.random.key(seed), (2, *model_input_shape(name)), jnp.float32)
+def example_input(name: str, seed: int = 0):
+  return registered_example(name, 2, jax.random.key(seed))
+
+
+def is_classifier(name: str) -> bool:
+  return model_spec(name).kind == CLASSIFIER
+
+
+def build(name: str, **kw) -> nn.Module:
+  """The model with NUM_CLASSES outputs if it is a classifier."""
+  return create_model(name, **({"num_classes": NUM_CLASSES} if is_classifier(name) else {}), **kw)
+
+
+def float_leaves(tree) -> list:
+  return [leaf for leaf in jax.tree.leaves(tree) if jnp.issubdtype(leaf.dtype, jnp.floating)]
+
+
+def output_energy(outputs) -> jax.Array:
+  """A scalar of any model's outputs that reaches every float output (for models that are not classifiers)."""
+  return sum(jnp.mean(jnp.square(leaf.astype(jnp.float32))) for leaf in float_leaves(outputs))
+
+
+def first_example(tree):
+  return jax.tree.map(lambda a: a[:1], tree)
 
 
 def init(model: nn.Module, x: jax.Array) -> dict:
@@ -52,7 +77,7 @@ def count_params(model: nn.Module, x: jax.Array) -> int:
 
 
 def _size(name: str) -> int:
-  x = jax.ShapeDtypeStruct((2, *model_input_shape(name)), jnp.float32)
+  x = jax.eval_shape(lambda: example_input(name))  # Abstract: the example is not computed.
   return count_params(create_model(name), x)
 
 
@@ -77,8 +102,8 @@ IDS = [name + "".join(f"-{k}={v}" for k, v in kw.items()) for name, kw in CASES]
 
 @pytest.mark.parametrize("name", [name for name in list_models() if name not in SMALL])
 def test_large_models_abstractly(name):
-  model = create_model(name, num_classes=NUM_CLASSES)
-  x = jax.ShapeDtypeStruct((2, *model_input_shape(name)), jnp.float32)
+  model = build(name)
+  x = jax.eval_shape(lambda: example_input(name))
   variables = jax.eval_shape(lambda x: init(model, x), x)
   for train in (False, True):
     out = jax.eval_shape(
@@ -88,7 +113,9 @@ def test_large_models_abstractly(name):
       variables,
       x,
     )[0]
-    assert out.shape == (2, NUM_CLASSES) and out.dtype == jnp.float32
+    if is_classifier(name):
+      assert out.shape == (2, NUM_CLASSES) and out.dtype == jnp.float32
+    assert {leaf.dtype for leaf in float_leaves(out)} == {jnp.dtype(jnp.float32)}
 
 
 def test_every_family_has_a_small_variant():
@@ -100,33 +127,41 @@ def test_every_family_has_a_small_variant():
 @pytest.fixture(scope="module", params=CASES, ids=IDS)  # Modules and variables are immutable.
 def case(request):
   name, kw = request.param
-  model = create_model(name, num_classes=NUM_CLASSES, **kw)
+  model = build(name, **kw)
   x = example_input(name)
-  return model, x, jit_init(model, x)
+  return model, x, jit_init(model, x), model_spec(name)
 
 
 def test_forward_shape_dtype_finite(case):
-  model, x, variables = case
+  model, x, variables, spec = case
   assert set(variables) <= {"params", "batch_stats"}
-  logits = model.apply(variables, x)
-  assert logits.shape == (x.shape[0], NUM_CLASSES)
-  assert logits.dtype == jnp.float32
-  assert bool(jnp.all(jnp.isfinite(logits)))
+  outputs = model.apply(variables, x)
+  if spec.kind == CLASSIFIER:
+    assert outputs.shape == (len(x), NUM_CLASSES)
+  leaves = float_leaves(outputs)
+  assert leaves and {leaf.dtype for leaf in leaves} == {jnp.dtype(jnp.float32)}
+  assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in leaves)
 
 
 def test_every_parameter_gets_a_gradient_and_a_few_steps_fit_the_batch(case):
-  model, x, variables = case
+  model, x, variables, spec = case
   params, state = variables["params"], {k: v for k, v in variables.items() if k != "params"}
-  labels = jnp.arange(x.shape[0]) % NUM_CLASSES
+  batch_size = len(jax.tree.leaves(x)[0])
+  labels = jnp.arange(batch_size) % NUM_CLASSES
   tx = optax.adam(3e-3)
+
+  def objective(outputs):
+    if spec.kind == CLASSIFIER:
+      return optax.softmax_cross_entropy_with_integer_labels(outputs, labels).mean()
+    return output_energy(outputs)
 
   @jax.jit
   def step(params, state, opt_state, i):
     def loss(p):
-      logits, new_state = model.apply(
+      outputs, new_state = model.apply(
         {"params": p, **state}, x, train=True, rngs={"dropout": jax.random.key(i)}, mutable=["batch_stats"]
       )
-      return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), new_state
+      return objective(outputs), new_state
 
     (value, new_state), grads = jax.value_and_grad(loss, has_aux=True)(params)
     updates, opt_state = tx.update(grads, opt_state)
@@ -146,22 +181,24 @@ def test_every_parameter_gets_a_gradient_and_a_few_steps_fit_the_batch(case):
 
 
 def test_jit_equals_no_jit(case):
-  model, x, variables = case
+  model, x, variables, _ = case
   eager = model.apply(variables, x)
   compiled = jax.jit(model.apply)(variables, x)
-  np.testing.assert_allclose(compiled, eager, rtol=1e-4, atol=1e-4)
+  close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+  jax.tree.map(close, compiled, eager)
 
 
 def test_eval_mode_is_per_example(case):
-  # In eval mode BatchNorm uses running statistics, so an example's logits do not depend on its batch.
-  model, x, variables = case
-  np.testing.assert_allclose(
-    model.apply(variables, x[:1]), model.apply(variables, x)[:1], rtol=1e-4, atol=1e-4
-  )
+  # In eval mode BatchNorm uses running statistics, so an example's outputs do not depend on its batch.
+  model, x, variables, spec = case
+  if not spec.per_example:
+    pytest.skip("the batch is one example (e.g. a graph)")
+  close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+  jax.tree.map(close, model.apply(variables, first_example(x)), first_example(model.apply(variables, x)))
 
 
 def test_batch_stats_move_in_train_mode_only(case):
-  model, x, variables = case
+  model, x, variables, _ = case
   if "batch_stats" not in variables:
     _, updates = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(0)}, mutable=True)
     assert set(updates) == {"params"}  # Writes no other collection.
@@ -183,15 +220,15 @@ def test_batch_stats_move_in_train_mode_only(case):
 
 
 def test_dropout_only_in_train_mode(case):
-  model, x, variables = case
+  model, x, variables, _ = case
   if getattr(model, "dropout", 0.0) == 0.0:
     pytest.skip("no dropout")
-  np.testing.assert_array_equal(model.apply(variables, x), model.apply(variables, x))  # No rng needed.
+  jax.tree.map(np.testing.assert_array_equal, model.apply(variables, x), model.apply(variables, x))
   a, b = (
     model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(s)}, mutable=["batch_stats"])[0]
     for s in (0, 1)
   )
-  assert not np.allclose(a, b)
+  assert not all(np.allclose(u, v) for u, v in zip(float_leaves(a), float_leaves(b), strict=True))
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -200,7 +237,8 @@ def test_reduced_precision_compute_keeps_float32_params_and_logits(name):
   x = example_input(name)
   variables = jax.eval_shape(lambda: init(model, x))
   assert {leaf.dtype for leaf in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
-  assert jax.eval_shape(model.apply, variables, x).dtype == jnp.float32
+  outputs = jax.eval_shape(model.apply, variables, x)
+  assert {leaf.dtype for leaf in float_leaves(outputs)} == {jnp.dtype(jnp.float32)}
 
 
 @pytest.mark.parametrize("name,count", sorted(PINNED_PARAMS.items()))
