@@ -55,8 +55,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_summary(args: argparse.Namespace) -> int:
   from zoo.config import parse_value
-  from zoo.models import create_model, model_input_shape
-  from zoo.models.summary import summarize
+  from zoo.models import create_model, model_spec
+  from zoo.models.summary import registered_inputs, summarize
   from zoo.registry import ZooError
 
   overrides = {}
@@ -66,13 +66,16 @@ def cmd_summary(args: argparse.Namespace) -> int:
       raise ZooError(f"model overrides look like FIELD=VALUE (e.g. num_classes=10), got {item!r}")
     overrides[key] = parse_value(value)
   model = create_model(args.model, **overrides)
-  shape = model_input_shape(args.model)
+  spec = model_spec(args.model)
+  inputs = registered_inputs(args.model)
   if args.input_shape:
+    if spec.example is not None:
+      raise ZooError(f"model {args.model!r} reads {spec.kind} inputs, not images: no --input-shape")
     try:
-      shape = tuple(int(n) for n in args.input_shape.replace("x", ",").split(","))
+      inputs = tuple(int(n) for n in args.input_shape.replace("x", ",").split(","))
     except ValueError:
       raise ZooError(f"--input-shape takes sizes like 224,224,3; got {args.input_shape!r}") from None
-  print(summarize(model, shape, depth=args.depth, name=args.model).format())
+  print(summarize(model, inputs, depth=args.depth, name=args.model).format())
   return 0
 
 

@@ -23,7 +23,7 @@ class LayerRow:
 @dataclasses.dataclass
 class Summary:
   name: str
-  input_shape: tuple[int, ...]
+  input_shape: tuple[int, ...] | str  # one example's shape, or a description of a structured input
   rows: list[LayerRow]
   params: int  # trainable parameters
   state: int  # non-trainable variables (BatchNorm statistics, ...)
@@ -40,7 +40,7 @@ class Summary:
       for i, (c, w) in enumerate(zip(cells, widths, strict=True))
     )
     rule = "-" * len(line(header))
-    shape = "x".join(map(str, self.input_shape))
+    shape = self.input_shape if isinstance(self.input_shape, str) else "x".join(map(str, self.input_shape))
     return "\n".join(
       [
         f"{self.name}: input {shape} (one example)",
@@ -54,6 +54,15 @@ class Summary:
         f"forward FLOPs per example: {_si(self.flops)} ({self.flops / 2:,.0f} multiply-adds)",
       ]
     )
+
+
+def registered_inputs(name: str) -> Any:
+  """What `summarize` gets for registered model `name`: its image shape, or its example input with batch 1
+  (abstract: nothing is computed)."""
+  from zoo.models import example_input, model_spec
+
+  spec = model_spec(name)
+  return spec.input_shape if spec.example is None else jax.eval_shape(lambda: example_input(name, 1))
 
 
 def _si(x: float) -> str:
@@ -83,12 +92,22 @@ def _subtree(variables: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any]
   return out
 
 
-def summarize(model: nn.Module, input_shape: tuple[int, ...], *, depth: int = 1, name: str = "") -> Summary:
-  """Summarises `model` on one example of `input_shape`, listing its submodules down to `depth`.
+def summarize(model: nn.Module, inputs: Any, *, depth: int = 1, name: str = "") -> Summary:
+  """Summarises `model` on one example, listing its submodules down to `depth`.
 
-  Nothing is allocated: shapes come from `jax.eval_shape` and FLOPs from lowering (not running) each layer.
+  `inputs`: one example's shape (a float32 input of that shape, batch 1), or the input itself as a pytree of
+  arrays or `jax.ShapeDtypeStruct`s with a leading batch axis (token ids, a graph); FLOPs are then per
+  whole input. Nothing is allocated: shapes come from `jax.eval_shape` and FLOPs from lowering (not running)
+  each layer.
   """
-  x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+  if isinstance(inputs, tuple) and all(isinstance(n, int) for n in inputs):
+    x, input_shape = jax.ShapeDtypeStruct((1, *inputs), jnp.float32), inputs
+  else:
+    x = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), inputs)
+    input_shape = ", ".join(
+      f"{jax.tree_util.keystr(p) or 'input'} {'x'.join(map(str, a.shape))} {a.dtype}"
+      for p, a in jax.tree_util.tree_leaves_with_path(x)
+    )
   variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
   calls: list[tuple[tuple[str, ...], nn.Module, tuple, dict, Any]] = []
 
@@ -130,6 +149,4 @@ def summarize(model: nn.Module, input_shape: tuple[int, ...], *, depth: int = 1,
     )
   total = _flops(lambda v, x: model.apply(v, x, train=False), variables, x)
   state = _size({k: v for k, v in variables.items() if k != "params"})
-  return Summary(
-    name or type(model).__name__, tuple(input_shape), rows, _size(variables["params"]), state, total
-  )
+  return Summary(name or type(model).__name__, input_shape, rows, _size(variables["params"]), state, total)
