@@ -1,4 +1,5 @@
-"""Datasets: loading by name, download with checksums and a cache, and input normalisation statistics."""
+"""Datasets: loading by name, download with checksums and a cache, image folders streamed from disk, and
+input normalisation statistics."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from zoo.data.datasets import (
   register_dataset,
 )
 from zoo.data.download import fetch
+from zoo.data.image_folder import ImageFolder, prefetch_to_device
 
 __all__ = [
   "AUGMENTATIONS",
@@ -20,9 +22,11 @@ __all__ = [
   "register_augmentation",
   "DATASETS",
   "Dataset",
+  "ImageFolder",
   "fetch",
   "list_datasets",
   "load_dataset",
   "normalization_stats",
+  "prefetch_to_device",
   "register_dataset",
 ]

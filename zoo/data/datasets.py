@@ -85,8 +85,9 @@ def list_datasets(pattern: str = "*") -> list[str]:
   return DATASETS.list(pattern)
 
 
-def load_dataset(name: str, data_dir: str | None = None, **kwargs: typing.Any) -> Dataset:
-  """Loads the dataset `name` with the loader's `kwargs`.
+def load_dataset(name: str, data_dir: str | None = None, **kwargs: typing.Any) -> typing.Any:
+  """Loads the dataset `name` with the loader's `kwargs`: a Dataset held in memory, or for datasets too
+  large for it (image_folder, imagenet) a zoo.data.ImageFolder streamed from disk.
 
   Args:
     name: a registered dataset (`list_datasets()`).
@@ -106,7 +107,15 @@ def load_dataset(name: str, data_dir: str | None = None, **kwargs: typing.Any) -
 
 # --- normalisation ----------------------------------------------------------------------------------------
 
-NORMALIZATION_MODES = ("none", "scale", "channel", "feature")
+NORMALIZATION_MODES = ("none", "scale", "channel", "feature", "imagenet", "inception")
+FITTED_NORMALIZATIONS = ("channel", "feature")  # the modes that need the whole training split
+# Published RGB statistics, as fractions of pixel_max: ImageNet's training-set means and standard
+# deviations (torchvision's, timm's IMAGENET_DEFAULT_*), and Inception's map to [-1, 1] (timm's
+# IMAGENET_INCEPTION_*; the ViT paper's code and big_vision).
+FIXED_RGB_STATS = {
+  "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+  "inception": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+}
 
 
 def normalization_stats(x_train: np.ndarray, mode: str, pixel_max: float) -> tuple[np.ndarray, np.ndarray]:
@@ -115,13 +124,25 @@ def normalization_stats(x_train: np.ndarray, mode: str, pixel_max: float) -> tup
   Modes: 'none' -> (0, 1); 'scale' -> (0, pixel_max); 'channel' -> one mean/std per last-axis channel over
   all training pixels, shaped (1, ..., 1, C) like one example; 'feature' -> one mean/std per input feature,
   shaped like one example (as sklearn's StandardScaler). A constant channel or feature gets std 1.
+  'imagenet' and 'inception' -> fixed RGB statistics (FIXED_RGB_STATS) times pixel_max, shaped
+  (1, ..., 1, 3); these read only `x_train.shape`, which may hold no examples (a streamed dataset's).
   """
   if mode == "none":
     return np.zeros((), np.float32), np.ones((), np.float32)
+  if mode in ("scale", *FIXED_RGB_STATS) and not pixel_max > 0:
+    raise ZooError(f"{mode!r} normalisation needs a positive pixel_max, got {pixel_max}")
   if mode == "scale":
-    if not pixel_max > 0:
-      raise ZooError(f"'scale' normalisation needs a positive pixel_max, got {pixel_max}")
     return np.zeros((), np.float32), np.asarray(pixel_max, np.float32)
+  if mode in FIXED_RGB_STATS:
+    if x_train.ndim < 2 or x_train.shape[-1] != 3:
+      raise ZooError(
+        f"{mode!r} normalisation is for RGB images (..., 3), not inputs of shape {x_train.shape[1:]}"
+      )
+    shape = (1,) * (x_train.ndim - 2) + (3,)
+    mean, std = (
+      np.asarray(s, np.float32).reshape(shape) * np.float32(pixel_max) for s in FIXED_RGB_STATS[mode]
+    )
+    return mean, std
   if mode not in NORMALIZATION_MODES:
     raise ZooError(f"unknown normalisation {mode!r}; the modes are: {', '.join(NORMALIZATION_MODES)}")
   if x_train.ndim < 2 or len(x_train) == 0:

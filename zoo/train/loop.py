@@ -17,16 +17,16 @@ import numpy as np
 
 from zoo import config as config_lib
 from zoo import optim, regularizers
-from zoo.data import Dataset, create_augmentation, load_dataset, normalization_stats
+from zoo.data import Dataset, ImageFolder, create_augmentation, load_dataset, normalization_stats
 from zoo.models import create_model
 from zoo.optim import create_optimizer, create_schedule
 from zoo.registry import ZooError
 from zoo.tasks import create_task
-from zoo.train import averaging
+from zoo.train import averaging, streaming
 from zoo.train.checkpoint import Checkpointer
 from zoo.train.early_stopping import BestTracker, PlateauScaler
 from zoo.train.state import count_params, create_train_state
-from zoo.train.steps import make_eval_fn, make_predict_fn, make_train_step, normalizer
+from zoo.train.steps import make_batch_train_step, make_eval_fn, make_predict_fn, make_train_step, normalizer
 from zoo.train.writers import MetricWriter
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ class Experiment:
   """Everything built from a config before the first step (also handy in notebooks and benchmarks)."""
 
   config: config_lib.Config
-  dataset: Dataset
+  dataset: Dataset | ImageFolder  # an ImageFolder is streamed from disk (zoo/train/streaming.py)
   model: Any
   task: Any
   tx: Any
@@ -57,23 +57,31 @@ class Experiment:
   def preprocess(self):
     return normalizer(self.mean, self.std)
 
+  @property
+  def streaming(self) -> bool:
+    return streaming.is_streaming(self.dataset)
 
-def build(config: config_lib.Config, dataset: Dataset | None = None) -> Experiment:
+
+def build(config: config_lib.Config, dataset: Dataset | ImageFolder | None = None) -> Experiment:
   """Builds the dataset, model, task, schedule and optimiser that `config` names."""
   dataset = dataset or load_dataset(config.data.name, data_dir=config.data.data_dir, **config.data.kwargs)
-  dataset = dataclasses.replace(
-    dataset,
-    x_train=dataset.x_train[: config.data.max_train_examples],
-    y_train=dataset.y_train[: config.data.max_train_examples],
-    x_test=dataset.x_test[: config.data.max_test_examples],
-    y_test=dataset.y_test[: config.data.max_test_examples],
-  )
-  dataset, validation = _carve_validation(dataset, config.data.validation_split, config.seed)
+  stream = streaming.is_streaming(dataset)
+  if stream:
+    dataset, validation = streaming.prepare(config, dataset), None
+  else:
+    dataset = dataclasses.replace(
+      dataset,
+      x_train=dataset.x_train[: config.data.max_train_examples],
+      y_train=dataset.y_train[: config.data.max_train_examples],
+      x_test=dataset.x_test[: config.data.max_test_examples],
+      y_test=dataset.y_test[: config.data.max_test_examples],
+    )
+    dataset, validation = _carve_validation(dataset, config.data.validation_split, config.seed)
   model_kwargs = dict(config.model.kwargs)
   model_kwargs.setdefault("num_classes", dataset.num_classes)
   model = create_model(config.model.name, **model_kwargs)
   task = create_task(config.task.name, **config.task.kwargs)
-  n_train = len(dataset.x_train)
+  n_train = dataset.num_examples(dataset.train_split) if stream else len(dataset.x_train)
   batch_size = config.data.batch_size
   if not 0 < batch_size <= n_train:
     raise ZooError(f"data.batch_size={batch_size} must be between 1 and the training set's size ({n_train})")
@@ -87,8 +95,12 @@ def build(config: config_lib.Config, dataset: Dataset | None = None) -> Experime
     start = config.averaging.swa_start_epoch * steps_per_epoch // config.optimizer.accumulate_steps
     schedule = averaging.swa_schedule(schedule, start, config.averaging.swa_lr)
   tx = create_optimizer(config.optimizer, schedule)
-  mean, std = normalization_stats(dataset.x_train, config.data.normalization, dataset.pixel_max)
   augment = create_augmentation(config.data.augment)
+  if stream:
+    mean, std = streaming.normalization(dataset, config.data.normalization)
+    streaming.check_augmentation(dataset, augment, batch_size)
+  else:
+    mean, std = normalization_stats(dataset.x_train, config.data.normalization, dataset.pixel_max)
   return Experiment(
     config, dataset, model, task, tx, schedule, steps_per_epoch, total_steps, mean, std, augment, validation
   )
@@ -147,7 +159,10 @@ def train_and_evaluate(
 
   rng = jax.random.key(cfg.seed)
   init_rng, data_rng, dropout_rng = jax.random.split(rng, 3)
-  example = jnp.asarray(exp.preprocess(ds.x_train[: cfg.data.batch_size]))
+  if exp.streaming:
+    example = jnp.asarray(exp.preprocess(streaming.example_batch(ds, cfg.data.batch_size)))
+  else:
+    example = jnp.asarray(exp.preprocess(ds.x_train[: cfg.data.batch_size]))
   averaging_on = cfg.averaging.ema_decay is not None or cfg.averaging.swa_start_epoch is not None
   state = create_train_state(exp.model, exp.tx, example, init_rng, cfg.averaging if averaging_on else None)
 
@@ -174,15 +189,9 @@ def train_and_evaluate(
     exp.steps_per_epoch,
   )
 
-  train_data = {"input": jnp.asarray(ds.x_train), "label": jnp.asarray(ds.y_train)}
-  test_data = eval_batches(ds.x_test, ds.y_test, cfg.data.eval_batch_size)
-  train_step = make_train_step(
-    exp.model,
-    exp.tx,
-    exp.task,
-    exp.schedule,
-    batch_size=cfg.data.batch_size,
-    steps_per_epoch=exp.steps_per_epoch,
+  spe = exp.steps_per_epoch
+  step_options = dict(
+    steps_per_epoch=spe,
     preprocess=exp.preprocess,
     augment=exp.augment,
     penalty=penalty_fn(cfg.regularization),
@@ -190,9 +199,23 @@ def train_and_evaluate(
     update_count=functools.partial(optim.update_count, cfg.optimizer),
     skipped_updates=functools.partial(optim.skipped_updates, cfg.optimizer),
   )
-  evaluate = make_eval_fn(exp.model, exp.task, exp.preprocess)
-  n_train, spe = len(ds.x_train), exp.steps_per_epoch
-  eval_variables = _eval_variables_fn(exp, train_data, epoch_permutation(data_rng, 0, n_train))
+  if exp.streaming:  # Batches decoded from disk on the host; evaluation streams its split too.
+    train_step = make_batch_train_step(exp.model, exp.tx, exp.task, exp.schedule, **step_options)
+    evaluate, predict = streaming.make_eval_fns(exp.model, exp.task, exp.preprocess)
+    test_data = streaming.EvalSplit.of(ds, ds.eval_split, cfg.data.eval_batch_size)
+    test_labels = test_data.labels
+    eval_variables = _eval_variables_fn(exp, None, None)
+  else:  # Whole splits on the device; the train step gathers its batch there.
+    train_data = {"input": jnp.asarray(ds.x_train), "label": jnp.asarray(ds.y_train)}
+    test_data = eval_batches(ds.x_test, ds.y_test, cfg.data.eval_batch_size)
+    test_labels = ds.y_test
+    train_step = make_train_step(
+      exp.model, exp.tx, exp.task, exp.schedule, batch_size=cfg.data.batch_size, **step_options
+    )
+    evaluate = make_eval_fn(exp.model, exp.task, exp.preprocess)
+    predict = make_predict_fn(exp.model, exp.preprocess)
+    n_train = len(ds.x_train)
+    eval_variables = _eval_variables_fn(exp, train_data, epoch_permutation(data_rng, 0, n_train))
   splits = {"test": test_data}
   if exp.validation is not None:
     splits = {"validation": eval_batches(*exp.validation, cfg.data.eval_batch_size), **splits}
@@ -246,13 +269,19 @@ def train_and_evaluate(
       last_saved = step
 
   perm = None
+  train_batches = None  # The stream of a dataset streamed from disk, from start_step on.
   stopped_early = tracker.should_stop  # A rerun of a run that stopped early does not train on.
   try:
+    if exp.streaming:
+      train_batches = streaming.train_batches(ds, cfg.data.batch_size, seed=cfg.seed, start_step=start_step)
     for step in range(start_step, exp.total_steps if not stopped_early else start_step):
-      epoch = step // spe
-      if perm is None or step % spe == 0:
-        perm = epoch_permutation(data_rng, epoch, n_train)
-      state, metrics = train_step(state, train_data, perm, dropout_rng)
+      if train_batches is None:
+        epoch = step // spe
+        if perm is None or step % spe == 0:
+          perm = epoch_permutation(data_rng, epoch, n_train)
+        state, metrics = train_step(state, train_data, perm, dropout_rng)
+      else:
+        state, metrics = train_step(state, next(train_batches), dropout_rng)
       pending.append((step + 1, metrics))
       bar.update(1)
       done = step + 1
@@ -300,6 +329,8 @@ def train_and_evaluate(
       elif done % cfg.checkpoint_every_steps == 0:
         save(done)
     flush(int(state.step))
+    if train_batches is not None:
+      train_batches.close()  # Its decoding threads stop; the evaluations below stream their own.
     if cfg.early_stopping.restore_best and tracker.best_step not in (None, int(state.step)):
       best_checkpointer.wait()
       state = best_checkpointer.restore(state, tracker.best_step)
@@ -313,10 +344,12 @@ def train_and_evaluate(
       test_metrics = {}
     if not test_metrics:  # Restored, or already finished: evaluate the final parameters.
       test_metrics = _summarise(exp.task, evaluate(eval_variables(state), test_data))
-    outputs = jax.device_get(make_predict_fn(exp.model, exp.preprocess)(eval_variables(state), test_data))
-    n_test = len(ds.x_test)
-    report = exp.task.write_report(outputs.reshape(-1, *outputs.shape[2:])[:n_test], ds.y_test, workdir)
+    outputs = jax.device_get(predict(eval_variables(state), test_data))
+    n_test = len(test_labels)
+    report = exp.task.write_report(outputs.reshape(-1, *outputs.shape[2:])[:n_test], test_labels, workdir)
   finally:
+    if train_batches is not None:
+      train_batches.close()
     bar.close()
     checkpointer.close()
     if best_checkpointer is not None:
@@ -335,9 +368,10 @@ def train_and_evaluate(
   return result
 
 
-def _eval_variables_fn(exp: Experiment, train_data: dict[str, jax.Array], perm: jax.Array):
+def _eval_variables_fn(exp: Experiment, train_data: dict[str, jax.Array] | None, perm: jax.Array | None):
   """`eval_variables(state)`: the variables evaluation uses: the EMA's, the SWA mean's (with BatchNorm
-  statistics recomputed over training batches in `perm`'s order) once it has a member, else the state's."""
+  statistics recomputed over training batches in `perm`'s order) once it has a member, else the state's.
+  `train_data` and `perm` serve SWA only (refused for streamed datasets, which pass None)."""
   cfg = exp.config.averaging
   if cfg.swa_start_epoch is None:
     return lambda state: state.averages["ema"] if "ema" in state.averages else state.variables()

@@ -1,4 +1,4 @@
-"""The compiled training and evaluation steps."""
+"""The compiled training and evaluation steps: on splits held on the device, or on batches streamed in."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from zoo.train import averaging as averaging_lib
 from zoo.train.state import TrainState
 
 Data = dict[str, jax.Array]  # Whole splits on the device: {"input": (N, ...), "label": (N,)}.
+Batch = dict[str, jax.Array]  # One batch: {"input": (B, ...), "label": (B,)} (+ "mask" (B,) in evaluation).
 
 
 def normalizer(mean: Any, std: Any) -> Callable[[jax.Array], jax.Array]:
@@ -36,43 +37,29 @@ def apply_model(model: nn.Module, state_vars: dict[str, Any], x: jax.Array, *, t
   return model.apply(state_vars, x, train=train, rngs=rngs), {}
 
 
-def make_train_step(
+def _make_update(
   model: nn.Module,
   tx: optax.GradientTransformation,
   task: Task,
   schedule: optax.Schedule,
   *,
-  batch_size: int,
   steps_per_epoch: int,
   preprocess: Callable[[jax.Array], jax.Array],
-  augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
-  penalty: Callable[[Any], jax.Array] | None = None,
-  averaging: AveragingConfig | None = None,
-  update_count: Callable[[Any], jax.Array | None] = lambda opt_state: None,
-  skipped_updates: Callable[[Any], jax.Array | None] = lambda opt_state: None,
-) -> Callable:
-  """Returns `train_step(state, data, perm, rng) -> (state, metrics)`, jitted once, state donated.
+  augment: Callable[[jax.Array, jax.Array], jax.Array] | None,
+  penalty: Callable[[Any], jax.Array] | None,
+  averaging: AveragingConfig | None,
+  update_count: Callable[[Any], jax.Array | None],
+  skipped_updates: Callable[[Any], jax.Array | None],
+) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
+  """`update(state, batch, rng) -> (state, metrics)`: one training step on a raw batch (not jitted); what
+  every train step below shares."""
 
-  The batch is gathered on the device: step `s` takes examples `perm[(s % steps_per_epoch) * B:][:B]`
-  of `data`, where `perm` is the epoch's permutation, augments them (`augment(images, rng)`, on the device)
-  and normalises them. The step's randomness (dropout, augmentation) comes from `fold_in(rng, s)`, so the
-  run is a function of (seed, step) and a resumed run repeats an uninterrupted one exactly.
-
-  The optimiser's update gets `lr_scale=state.lr_scale` (reduce-on-plateau). `averaging` updates the
-  weight averages after the step. `update_count(opt_state)` gives the optimiser's own update count where
-  it differs from the step (gradient accumulation), for the logged learning rate; `skipped_updates`
-  the number of updates skipped for non-finite gradients, logged when not None.
-  """
-
-  def train_step(state: TrainState, data: Data, perm: jax.Array, rng: jax.Array):
-    train_step.traces += 1  # Counts compilations (a Python side effect runs only when tracing).
-    offset = (state.step % steps_per_epoch) * batch_size
-    idx = jax.lax.dynamic_slice_in_dim(perm, offset, batch_size)
-    batch = {k: v[idx] for k, v in data.items()}
+  def update(state: TrainState, batch: Batch, rng: jax.Array):
     step_rng, augment_rng = jax.random.split(jax.random.fold_in(rng, state.step))
+    inputs = batch["input"]
     if augment is not None:
-      batch["input"] = augment(batch["input"], augment_rng)
-    batch["input"] = preprocess(batch["input"])
+      inputs = augment(inputs, augment_rng)
+    batch = dict(batch, input=preprocess(inputs))
 
     def loss_fn(params):
       outputs, new_model_state = apply_model(
@@ -104,10 +91,98 @@ def make_train_step(
       new_state = new_state.replace(averages=averages)
     return new_state, metrics
 
-  train_step.traces = 0
-  jitted = jax.jit(train_step, donate_argnums=0)
-  jitted.traces = lambda: train_step.traces
+  return update
+
+
+def _jit_counting_traces(step: Callable) -> Callable:
+  """`step` jitted with its first argument (the state) donated; `.traces()` counts its compilations."""
+  traces = []
+
+  def traced(*args):
+    traces.append(1)  # A Python side effect: runs only while tracing.
+    return step(*args)
+
+  jitted = jax.jit(traced, donate_argnums=0)
+  jitted.traces = lambda: len(traces)
   return jitted
+
+
+def make_train_step(
+  model: nn.Module,
+  tx: optax.GradientTransformation,
+  task: Task,
+  schedule: optax.Schedule,
+  *,
+  batch_size: int,
+  steps_per_epoch: int,
+  preprocess: Callable[[jax.Array], jax.Array],
+  augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+  penalty: Callable[[Any], jax.Array] | None = None,
+  averaging: AveragingConfig | None = None,
+  update_count: Callable[[Any], jax.Array | None] = lambda opt_state: None,
+  skipped_updates: Callable[[Any], jax.Array | None] = lambda opt_state: None,
+) -> Callable:
+  """Returns `train_step(state, data, perm, rng) -> (state, metrics)`, jitted once, state donated.
+
+  The batch is gathered on the device: step `s` takes examples `perm[(s % steps_per_epoch) * B:][:B]`
+  of `data`, where `perm` is the epoch's permutation, augments them (`augment(images, rng)`, on the device)
+  and normalises them. The step's randomness (dropout, augmentation) comes from `fold_in(rng, s)`, so the
+  run is a function of (seed, step) and a resumed run repeats an uninterrupted one exactly.
+
+  The optimiser's update gets `lr_scale=state.lr_scale` (reduce-on-plateau). `averaging` updates the
+  weight averages after the step. `update_count(opt_state)` gives the optimiser's own update count where
+  it differs from the step (gradient accumulation), for the logged learning rate; `skipped_updates`
+  the number of updates skipped for non-finite gradients, logged when not None.
+  """
+  update = _make_update(
+    model, tx, task, schedule, steps_per_epoch=steps_per_epoch, preprocess=preprocess, augment=augment,
+    penalty=penalty, averaging=averaging, update_count=update_count, skipped_updates=skipped_updates,
+  )  # fmt: skip
+
+  def train_step(state: TrainState, data: Data, perm: jax.Array, rng: jax.Array):
+    offset = (state.step % steps_per_epoch) * batch_size
+    idx = jax.lax.dynamic_slice_in_dim(perm, offset, batch_size)
+    return update(state, {k: v[idx] for k, v in data.items()}, rng)
+
+  return _jit_counting_traces(train_step)
+
+
+def make_batch_train_step(
+  model: nn.Module,
+  tx: optax.GradientTransformation,
+  task: Task,
+  schedule: optax.Schedule,
+  *,
+  steps_per_epoch: int,
+  preprocess: Callable[[jax.Array], jax.Array],
+  augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+  penalty: Callable[[Any], jax.Array] | None = None,
+  averaging: AveragingConfig | None = None,
+  update_count: Callable[[Any], jax.Array | None] = lambda opt_state: None,
+  skipped_updates: Callable[[Any], jax.Array | None] = lambda opt_state: None,
+) -> Callable:
+  """Returns `train_step(state, batch, rng) -> (state, metrics)` for batches the host streams in (a dataset
+  too large for the device), jitted once, state donated; `batch` is {"input": (B, ...), "label": (B,)}.
+
+  The same step as `make_train_step`'s once its batch is gathered: augmentation (which may change the
+  image size), normalisation, the update, the averages, and the randomness `fold_in(rng, state.step)`.
+  `steps_per_epoch` serves the averages (SWA collects at epoch ends).
+  """
+  return _jit_counting_traces(
+    _make_update(
+      model,
+      tx,
+      task,
+      schedule,
+      steps_per_epoch=steps_per_epoch,
+      preprocess=preprocess,
+      augment=augment,
+      penalty=penalty,
+      averaging=averaging,
+      update_count=update_count,
+      skipped_updates=skipped_updates,
+    )  # fmt: skip
+  )
 
 
 def make_eval_fn(
@@ -135,6 +210,33 @@ def make_eval_fn(
     return totals
 
   return evaluate
+
+
+def make_batch_eval_fn(
+  model: nn.Module, task: Task, preprocess: Callable[[jax.Array], jax.Array]
+) -> Callable:
+  """Returns `evaluate_batch(totals, variables, batch) -> (totals, outputs)`, jitted once, for evaluation
+  batches the host streams in: `totals` plus the batch's metric sums (masked), and the model's outputs.
+
+  The sums stay on the device from batch to batch, so a pass over a split never waits for the host; the
+  first `totals` are `evaluate_batch.zeros(variables, batch)`.
+  """
+
+  def batch_metrics(variables: dict[str, Any], batch: Batch):
+    outputs, _ = apply_model(model, variables, preprocess(batch["input"]), train=False)
+    return task.eval_metrics(outputs, batch), outputs
+
+  @jax.jit
+  def evaluate_batch(totals: dict[str, jax.Array], variables: dict[str, Any], batch: Batch):
+    metrics, outputs = batch_metrics(variables, batch)
+    return jax.tree.map(jnp.add, totals, metrics), outputs
+
+  def zeros(variables: dict[str, Any], batch: Batch) -> dict[str, jax.Array]:
+    shapes, _ = jax.eval_shape(batch_metrics, variables, batch)
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+  evaluate_batch.zeros = zeros
+  return evaluate_batch
 
 
 def make_predict_fn(model: nn.Module, preprocess: Callable[[jax.Array], jax.Array]) -> Callable:
