@@ -133,6 +133,11 @@ def find_lr(
   workdir = Path(workdir)
   exp = build(config, dataset)
   cfg, ds = exp.config, exp.dataset
+  if exp.streaming:
+    raise ZooError(
+      f"the LR range test runs on datasets held in memory; {cfg.data.name!r} is streamed from disk. Run it "
+      f"on a subset that fits in memory, or sweep optimizer.learning_rate with short runs (--config.steps=N)."
+    )
 
   rates = np.geomspace(min_lr, max_lr, steps)  # float64, both ends exact
   table = jnp.asarray(rates, jnp.float32)
