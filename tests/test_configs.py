@@ -4,6 +4,9 @@ formats)."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 from conftest import have_mnist
 from test_cifar import _fake, _trust, _write
@@ -26,6 +29,11 @@ def _generated_data(config, tmp_path, monkeypatch) -> None:
     config.data.data_dir = str(tmp_path / "data")
     config.data.max_test_examples = None  # The generated test split is small already.
     config.data.batch_size = min(config.data.batch_size, 16)  # The generated training split has 60 images.
+  elif name in ("tiny_shakespeare", "sst"):
+    staged = {"tiny_shakespeare": "tiny_shakespeare/input.txt", "sst": "sst/trainDevTestTrees_PTB.zip"}[name]
+    data_dir = os.environ.get("ZOO_DATA_DIR")
+    if not (data_dir and (Path(data_dir) / staged).is_file()):
+      pytest.skip(f"{name} is not staged (tests/test_text_data.py covers its loader on generated files)")
   elif name == "imagenet":
     write_image_folder(tmp_path / "data" / "imagenet", size=(40, 48))
     config.data.data_dir = str(tmp_path / "data")

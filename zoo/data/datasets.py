@@ -21,12 +21,17 @@ from zoo.registry import Registry, ZooError, call_with_checked_kwargs
 
 @dataclasses.dataclass(frozen=True, eq=False, repr=False)  # eq/hash by identity: fields are arrays.
 class Dataset:
-  """A dataset held in host memory, split into train and test.
+  """A dataset held in host memory, split into train and test (and, where the dataset defines one, an
+  official validation split `x_val`/`y_val`, e.g. SST's dev set).
 
   Images are (N, H, W, C) uint8; tabular data is (N, D) float32 or uint8. Classification labels are (N,)
   int32 in [0, num_classes). Regression targets are float32, (N,) for one target or (N, T) for T targets;
   `num_classes` is then the number of targets T (1 for (N,)): the width of the model's output layer.
   `pixel_max` is the input value that 'scale' normalisation maps to 1.0.
+
+  With `tokens`, inputs are int32 token ids (N, T) (0 = padding where sequences differ in length), never
+  normalised or augmented, and labels may be per position, (N, T) int32 (a language model's next tokens);
+  `vocab` lists the token strings (a str of characters, or a tuple of words), token i being vocab[i].
   """
 
   name: str
@@ -36,11 +41,22 @@ class Dataset:
   y_test: np.ndarray
   num_classes: int
   pixel_max: float
+  tokens: bool = False
+  vocab: str | tuple[str, ...] | None = None
+  x_val: np.ndarray | None = None
+  y_val: np.ndarray | None = None
 
   def __post_init__(self):
-    for x, y, split in ((self.x_train, self.y_train, "train"), (self.x_test, self.y_test, "test")):
+    splits = [(self.x_train, self.y_train, "train"), (self.x_test, self.y_test, "test")]
+    if (self.x_val is None) != (self.y_val is None):
+      raise ValueError(f"dataset {self.name!r}: x_val and y_val come together")
+    if self.x_val is not None:
+      splits.append((self.x_val, self.y_val, "validation"))
+    if self.tokens and (self.x_train.dtype != np.int32 or self.vocab is None):
+      raise ValueError(f"dataset {self.name!r}: token inputs are int32 ids + vocab, not {self.x_train.dtype}")
+    for x, y, split in splits:
       if y.dtype == np.int32:
-        label_ok = y.ndim == 1
+        label_ok = y.ndim == 1 or (self.tokens and y.shape == x.shape)
       elif y.dtype == np.float32:
         label_ok = (y.ndim == 1 and self.num_classes == 1) or (y.ndim == 2 and y.shape[1] == self.num_classes)
       else:
@@ -49,12 +65,14 @@ class Dataset:
         not label_ok
         or len(x) != len(y)
         or y.dtype != self.y_train.dtype
+        or x.dtype != self.x_train.dtype
         or x.shape[1:] != self.x_train.shape[1:]
       ):
         raise ValueError(
-          f"dataset {self.name!r}: inconsistent {split} split {x.shape} {y.shape} {y.dtype} "
-          f"(labels are (N,) int32; regression targets (N,) float32 with num_classes=1 or (N, T) float32 "
-          f"with num_classes=T; here num_classes={self.num_classes})"
+          f"dataset {self.name!r}: inconsistent {split} split {x.shape} {x.dtype} {y.shape} {y.dtype} "
+          f"(labels are (N,) int32, or (N, T) int32 per token position for token inputs; regression targets "
+          f"(N,) float32 with num_classes=1 or (N, T) float32 with num_classes=T; here "
+          f"num_classes={self.num_classes})"
         )
 
   @property

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from zoo.data.datasets import Dataset, register_dataset
 from zoo.data.download import fetch
 from zoo.registry import ZooError
 
@@ -378,4 +379,56 @@ def load_sst(
     raise ZooError(f"{path} gives split sizes {sizes}, not the standard {_SST_SIZES}")
   return sentiment_treebank(
     trees, binary=binary, phrases=phrases, max_len=max_len, name="sst2" if binary else "sst5"
+  )
+
+
+# --- as registered datasets (the trainer's in-memory Dataset) ---------------------------------------------
+
+
+def token_windows(tokens: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray]:
+  """Non-overlapping windows of a token stream: inputs (N, block_size) and the next tokens (N, block_size),
+  N = (len(tokens) - 1) // block_size; every token but the last is an input exactly once."""
+  n = (len(tokens) - 1) // block_size
+  if n < 1:
+    raise ZooError(f"a text of {len(tokens)} tokens holds no window of block_size={block_size} + 1 tokens")
+  x = tokens[: n * block_size].reshape(n, block_size)
+  y = tokens[1 : n * block_size + 1].reshape(n, block_size)
+  return np.ascontiguousarray(x, np.int32), np.ascontiguousarray(y, np.int32)
+
+
+@register_dataset
+def tiny_shakespeare(*, data_dir: str | None = None, block_size: int = 128) -> Dataset:
+  """Tiny Shakespeare as character windows for a language model (task 'language_model'): the first 90% of
+  the text for training, the last 10% as the held-out split (reported as 'test'), each cut into windows of
+  `block_size` characters with the next character as the label at every position. num_classes = 65 (the
+  vocabulary)."""
+  if block_size < 1:
+    raise ZooError(f"data.kwargs.block_size must be >= 1, got {block_size}")
+  corpus = load_tiny_shakespeare(data_dir=data_dir)
+  x_train, y_train = token_windows(corpus.train, block_size)
+  x_test, y_test = token_windows(corpus.val, block_size)
+  vocab = corpus.vocab
+  splits = (x_train, y_train, x_test, y_test)
+  return Dataset("tiny_shakespeare", *splits, len(vocab), 0.0, tokens=True, vocab=vocab)
+
+
+@register_dataset
+def sst(
+  *, data_dir: str | None = None, binary: bool = False, phrases: bool = False, max_len: int | None = 64
+) -> Dataset:
+  """The Stanford Sentiment Treebank as padded word ids (0 = padding) for a sequence classifier: 5 classes,
+  or 2 with `binary`; the official dev split is the validation split. `max_len` pads (or truncates) every
+  split to one length (the longest sentence has 56 words); `phrases` adds the training trees' phrases."""
+  bank = load_sst(data_dir=data_dir, binary=binary, phrases=phrases, max_len=max_len)
+  split = lambda s: (s.tokens, s.labels)
+  return Dataset(
+    bank.name,
+    *split(bank.train),
+    *split(bank.test),
+    bank.num_classes,
+    0.0,
+    tokens=True,
+    vocab=bank.vocab,
+    x_val=bank.val.tokens,
+    y_val=bank.val.labels,
   )

@@ -10,6 +10,7 @@ from zoo.registry import Registry, ZooError, call_with_checked_kwargs
 from zoo.tasks.base import Task
 from zoo.tasks.binary import BinaryTask
 from zoo.tasks.classification import ClassificationTask
+from zoo.tasks.language_model import LanguageModelTask
 from zoo.tasks.regression import RegressionTask
 
 TASKS: Registry = Registry("task")
@@ -69,11 +70,21 @@ def regression(loss: str = "mse", huber_delta: float = 1.0) -> Task:
   return RegressionTask(objective=check_type(loss, str, "task.kwargs.loss"), huber_delta=huber_delta)
 
 
+@register_task
+def language_model(**kwargs) -> Task:
+  """Next-token prediction: logits (B, T, V) against the next tokens (B, T); metrics: loss (nats per token),
+  accuracy, bits per token and perplexity."""
+  if kwargs:
+    raise ZooError(f"task 'language_model' takes no arguments; got {', '.join(sorted(kwargs))}")
+  return LanguageModelTask()
+
+
 __all__ = [
   "TASKS",
   "Task",
   "BinaryTask",
   "ClassificationTask",
+  "LanguageModelTask",
   "RegressionTask",
   "register_task",
   "create_task",

@@ -18,7 +18,7 @@ import numpy as np
 from zoo import config as config_lib
 from zoo import optim, regularizers
 from zoo.data import Dataset, ImageFolder, create_augmentation, load_dataset, normalization_stats
-from zoo.models import create_model
+from zoo.models import create_model, model_fields
 from zoo.optim import create_optimizer, create_schedule
 from zoo.registry import ZooError
 from zoo.tasks import create_task
@@ -55,6 +55,8 @@ class Experiment:
 
   @property
   def preprocess(self):
+    if not self.streaming and self.dataset.tokens:
+      return lambda x: x  # Token ids go to the model as they are.
     return normalizer(self.mean, self.std)
 
   @property
@@ -75,10 +77,29 @@ def build(config: config_lib.Config, dataset: Dataset | ImageFolder | None = Non
       y_train=dataset.y_train[: config.data.max_train_examples],
       x_test=dataset.x_test[: config.data.max_test_examples],
       y_test=dataset.y_test[: config.data.max_test_examples],
+      **(
+        {}
+        if dataset.x_val is None
+        else dict(
+          x_val=dataset.x_val[: config.data.max_test_examples],
+          y_val=dataset.y_val[: config.data.max_test_examples],
+        )
+      ),
     )
-    dataset, validation = _carve_validation(dataset, config.data.validation_split, config.seed)
+    if dataset.x_val is not None:  # The dataset's own validation split.
+      if config.data.validation_split:
+        raise ZooError(
+          f"dataset {config.data.name!r} has its own validation split; data.validation_split must be 0"
+        )
+      validation = (dataset.x_val, dataset.y_val)
+    else:
+      dataset, validation = _carve_validation(dataset, config.data.validation_split, config.seed)
   model_kwargs = dict(config.model.kwargs)
-  model_kwargs.setdefault("num_classes", dataset.num_classes)
+  fields = model_fields(config.model.name)
+  if "num_classes" in fields:
+    model_kwargs.setdefault("num_classes", dataset.num_classes)
+  if "vocab_size" in fields and not stream and dataset.vocab is not None:
+    model_kwargs.setdefault("vocab_size", len(dataset.vocab))
   model = create_model(config.model.name, **model_kwargs)
   task = create_task(config.task.name, **config.task.kwargs)
   n_train = dataset.num_examples(dataset.train_split) if stream else len(dataset.x_train)
@@ -99,6 +120,10 @@ def build(config: config_lib.Config, dataset: Dataset | ImageFolder | None = Non
   if stream:
     mean, std = streaming.normalization(dataset, config.data.normalization)
     streaming.check_augmentation(dataset, augment, batch_size)
+  elif dataset.tokens:
+    if augment is not None:
+      raise ZooError(f"dataset {config.data.name!r} holds token ids: data.augment does not apply to them")
+    mean, std = normalization_stats(dataset.x_train, "none", dataset.pixel_max)  # Unused: tokens stay ids.
   else:
     mean, std = normalization_stats(dataset.x_train, config.data.normalization, dataset.pixel_max)
   return Experiment(
