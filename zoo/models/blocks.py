@@ -131,3 +131,70 @@ class DepthwiseConv(nn.Module):
       bias = self.param("bias", nn.initializers.zeros, (c,), self.param_dtype)
       y = y + bias.astype(self.dtype).reshape(1, 1, 1, c)
     return y
+
+
+def _phases(k: int) -> tuple[tuple[tuple[int, int, int], ...], int, int]:
+  """How lax's stride-2 SAME transposed convolution of a k-tap kernel reads its input, per output phase
+  (even, odd positions): (first tap t0, number of taps m, input offset c), so that output 2i + phase is
+  sum_j x[i + c + j] kernel[t0 + 2j]; and the (lowest offset, width) of a window covering both phases."""
+  pad_before = k - 1 if k < 3 else -(-k // 2)  # lax's SAME padding of the dilated input (pad_len = k)
+  phases = []
+  for phase in (0, 1):
+    t0 = (pad_before - phase) % 2
+    phases.append((t0, len(range(t0, k, 2)), (phase + t0 - pad_before) // 2))
+  used = [(m, c) for _, m, c in phases if m]
+  lo = min(c for _, c in used)
+  return tuple(phases), lo, max(c + m for m, c in used) - lo
+
+
+class ConvTranspose2x(nn.Module):
+  """A stride-2 SAME transposed convolution, (B, H, W, C) -> (B, 2H, 2W, features): the same values,
+  parameter names and shapes ('kernel' (k, k, C, features), 'bias') as `nn.ConvTranspose(features, (k, k),
+  strides=(2, 2), padding="SAME")`, so weights load either way.
+
+  Computed as one stride-1 convolution of the undilated input giving the 4 output phases (even/odd rows
+  x even/odd columns) as 4 x features channels, interleaved by a reshape (depth-to-space; Shi et al.
+  2016's sub-pixel convolution is the same idea). XLA's transposed convolution convolves the zero-dilated
+  input, 4x the work, and on CPU its kernel gradient is slower still. Measured on the shared 2-core CPU
+  (loaded, so ratios only), forward + backward at batch 128: DCGAN's 7x7x128 -> 14x14x64 5x5 layer 10-12x
+  faster this way; whole Adam steps of `dcgan` 4.3-4.7 s against 16-18 s, of `conv_autoencoder` and
+  `vae_conv` 2-3x faster. (A 1-channel output layer alone is up to 2x slower this way; the total wins.)
+  """
+
+  features: int
+  kernel_size: int = 3
+  use_bias: bool = True
+  kernel_init: Any = nn.linear.default_kernel_init
+  bias_init: Any = nn.initializers.zeros
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    k, c_in, f = self.kernel_size, x.shape[-1], self.features
+    kernel = self.param("kernel", self.kernel_init, (k, k, c_in, f), self.param_dtype).astype(self.dtype)
+    phases, lo, width = _phases(k)
+    # The 4 phases' sub-kernels kernel[t0::2, t0'::2], each zero-padded to its offset in a common window.
+    subs = []
+    for ta, ma, ca in phases:
+      for tb, mb, cb in phases:
+        if ma and mb:
+          pads = ((ca - lo, width - ma - (ca - lo)), (cb - lo, width - mb - (cb - lo)), (0, 0), (0, 0))
+          subs.append(jnp.pad(kernel[ta::2, tb::2], pads))  # (width, width, C, f)
+        else:  # (a kernel of 1 tap leaves the odd outputs at 0)
+          subs.append(jnp.zeros((width, width, c_in, f), self.dtype))
+    w = jnp.stack(subs, axis=3)  # (width, width, C, 4, f)
+    pad = (-lo, lo + width - 1)  # output i reads x[i + lo : i + lo + width]
+    y = jax.lax.conv_general_dilated(
+      x.astype(self.dtype),
+      w.reshape(width, width, c_in, 4 * f),
+      (1, 1),
+      (pad, pad),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )  # (B, H, W, 4 f): channel (2 a + b) f + o is output (2i + a, 2j + b), channel o
+    bsz, h, wd = y.shape[:3]
+    y = y.reshape(bsz, h, wd, 2, 2, f).transpose(0, 1, 3, 2, 4, 5).reshape(bsz, 2 * h, 2 * wd, f)
+    if self.use_bias:
+      bias = self.param("bias", self.bias_init, (f,), self.param_dtype)
+      y = y + bias.astype(self.dtype).reshape(1, 1, 1, f)
+    return y
