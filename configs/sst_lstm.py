@@ -1,4 +1,4 @@
-"""python train.py --config sst_lstm  # binary SST test accuracy (see README)
+"""python train.py --config sst_lstm  # binary SST test accuracy: not measured yet
 
 A bidirectional LSTM sentence classifier with attention pooling (lstm_classifier; embeddings learned from
 scratch) on binary SST (SST-2: 6,920 / 872 / 1,821 sentences, the official dev split as validation),
