@@ -1,4 +1,4 @@
-"""python train.py --config fashion_mnist_resnet18  # Fashion-MNIST test accuracy 0.933 after 6 epochs (~80 min)
+"""python train.py --config fashion_mnist_resnet18  # Fashion-MNIST accuracy 0.933 after 6 epochs (80 min)
 
 The CIFAR-style ResNet-18 (resnet18_cifar: 3x3 stem, no max-pool, stages 64-128-256-512; 11.2M
 parameters) on Fashion-MNIST at 28x28x1: SGD with Nesterov momentum 0.9, peak rate 0.1 after half an

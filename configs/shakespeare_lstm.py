@@ -1,4 +1,4 @@
-"""python train.py --config shakespeare_lstm  # Tiny Shakespeare validation loss per character: not measured yet
+"""python train.py --config shakespeare_lstm  # Tiny Shakespeare loss per character: not measured yet
 
 A character-level LSTM language model (char_lstm) on Tiny Shakespeare (first 90% for training, last 10%
 held out): Adam 2e-3 with cosine decay, batch 64 windows of 128 characters, gradient clipping at norm 5
