@@ -60,7 +60,7 @@ def test_language_model_metrics_are_per_token_and_summaries_follow():
 
 
 def test_token_inputs_reach_the_model_as_ids_and_the_vocabulary_sizes_it(tiny_config):
-  config = tiny_config(model__name="gpt_tiny", task__name="language_model", data__batch_size=8)
+  config = tiny_config(model__name="char_lstm_tiny", task__name="language_model", data__batch_size=8)
   config.model.kwargs = {}
   exp = build(config, dataset=_tokens_dataset())
   assert exp.model.vocab_size == 7
@@ -73,7 +73,7 @@ def test_token_inputs_reach_the_model_as_ids_and_the_vocabulary_sizes_it(tiny_co
 
 def test_a_dataset_validation_split_is_the_validation_split(tiny_config):
   ds = _tokens_dataset(x_val=np.zeros((4, 6), np.int32), y_val=np.zeros((4, 6), np.int32))
-  config = tiny_config(model__name="gpt_tiny", task__name="language_model", data__batch_size=8)
+  config = tiny_config(model__name="char_lstm_tiny", task__name="language_model", data__batch_size=8)
   config.model.kwargs = {}
   assert build(config, dataset=ds).validation[0].shape == (4, 6)
   config.data.validation_split = 0.1
