@@ -1,0 +1,34 @@
+"""python train.py --config shakespeare_gpt  # Tiny Shakespeare loss per character: not measured yet
+
+A small character-level GPT (gpt_char: 4 pre-LN blocks, width 192, 6 heads, 128-character context, dropout
+0.1; ~1.8M parameters) on Tiny Shakespeare (first 90% of the text for training, last 10% held out), as
+nanoGPT's shakespeare-char recipe scaled to a 2-core CPU: AdamW (b2 0.99) at 2e-3 with weight decay 0.1
+on the kernels, 100 warmup steps then cosine to 1/10, batch 64 windows of 128 characters, gradient clipping
+at norm 1. The loss is in nats per character.
+"""
+
+from zoo.config import Config, shrink_for_smoke
+
+
+def get_config(smoke: bool = False) -> Config:
+  c = Config()
+  c.model.name = "gpt_char"
+  c.data.name = "tiny_shakespeare"
+  c.data.kwargs = {"block_size": 128}
+  c.data.batch_size = 64
+  c.data.eval_batch_size = 256
+  c.task.name = "language_model"
+  c.optimizer.name = "adamw"
+  c.optimizer.learning_rate = 2e-3
+  c.optimizer.weight_decay = 0.1
+  c.optimizer.kwargs = {"b2": 0.99}
+  c.optimizer.grad_clip_norm = 1.0
+  c.schedule.name = "warmup_cosine"
+  c.schedule.kwargs = {"warmup_steps": 100, "alpha": 0.1}
+  c.steps = 2500
+  c.eval_every_epochs = 5
+  if smoke:
+    c.model.name = "gpt_tiny"
+    c.data.kwargs = {"block_size": 32}
+    shrink_for_smoke(c)
+  return c
