@@ -32,6 +32,11 @@ class Dataset:
   With `tokens`, inputs are int32 token ids (N, T) (0 = padding where sequences differ in length), never
   normalised or augmented, and labels may be per position, (N, T) int32 (a language model's next tokens);
   `vocab` lists the token strings (a str of characters, or a tuple of words), token i being vocab[i].
+
+  With a `context` (a dict of arrays shared by every example, e.g. a graph's node features and edges),
+  inputs are int32 indices into it (N,) (e.g. node ids), never normalised: the model is given
+  {**context, "index": the batch's indices} and returns the batch's outputs (full-batch graph training
+  is a batch of all the training nodes).
   """
 
   name: str
@@ -45,6 +50,7 @@ class Dataset:
   vocab: str | tuple[str, ...] | None = None
   x_val: np.ndarray | None = None
   y_val: np.ndarray | None = None
+  context: dict[str, np.ndarray] | None = None
 
   def __post_init__(self):
     splits = [(self.x_train, self.y_train, "train"), (self.x_test, self.y_test, "test")]
@@ -52,6 +58,8 @@ class Dataset:
       raise ValueError(f"dataset {self.name!r}: x_val and y_val come together")
     if self.x_val is not None:
       splits.append((self.x_val, self.y_val, "validation"))
+    if self.context is not None and (self.x_train.dtype != np.int32 or self.x_train.ndim != 1):
+      raise ValueError(f"dataset {self.name!r}: inputs into a context are (N,) int32 indices")
     if self.tokens and (self.x_train.dtype != np.int32 or self.vocab is None):
       raise ValueError(f"dataset {self.name!r}: token inputs are int32 ids + vocab, not {self.x_train.dtype}")
     for x, y, split in splits:

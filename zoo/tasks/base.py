@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 
@@ -14,7 +14,19 @@ class Task:
 
   A batch is a dict of arrays with a leading batch axis; `batch["mask"]` (float, 1 for real examples,
   0 for padding) is present in evaluation batches. Subclasses implement `loss` and `eval_metrics`.
+
+  Class attributes a task may set:
+  - `rng_streams`: random streams the model draws from besides 'dropout' (a VAE's 'sample' for the
+    reparameterisation, a GAN's latents). Training gives them a fresh key per step; evaluation a fixed key
+    per batch, so that evaluation metrics are reproducible.
+  - `players`: top-level parameter subtrees that each minimise their own loss (a GAN's 'generator' and
+    'discriminator'). `loss` then returns a dict of scalar losses keyed by player; each player's gradient
+    is that of its own loss with respect to its own subtree only (simultaneous gradient play), all in one
+    compiled step, and each player has its own instance of the configured optimiser (own state).
   """
+
+  rng_streams: ClassVar[tuple[str, ...]] = ()
+  players: ClassVar[tuple[str, ...]] = ()
 
   def loss(self, outputs: Any, batch: Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Mean training loss over the batch, and per-batch metrics (means) to log."""
@@ -34,4 +46,9 @@ class Task:
   def write_report(self, outputs: Any, labels: Any, workdir: Any) -> dict[str, Any]:
     """Writes the task's end-of-run report on the test split into `workdir` (host arrays, padding
     removed); returns a summary to add to the run's result. Default: nothing."""
+    return {}
+
+  def write_samples(self, model: Any, variables: dict[str, Any], workdir: Any, rng: jax.Array) -> dict:
+    """Writes what a generative model makes (e.g. a sample grid) into `workdir` at the end of a run, from the
+    trained `variables`; returns a summary to add to the run's report. Default: nothing."""
     return {}

@@ -14,6 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from zoo import config as config_lib
 from zoo import optim, regularizers
@@ -26,7 +27,14 @@ from zoo.train import averaging, streaming
 from zoo.train.checkpoint import Checkpointer
 from zoo.train.early_stopping import BestTracker, PlateauScaler
 from zoo.train.state import count_params, create_train_state
-from zoo.train.steps import make_batch_train_step, make_eval_fn, make_predict_fn, make_train_step, normalizer
+from zoo.train.steps import (
+  make_batch_train_step,
+  make_eval_fn,
+  make_predict_fn,
+  make_train_step,
+  model_input,
+  normalizer,
+)
 from zoo.train.writers import MetricWriter
 
 log = logging.getLogger(__name__)
@@ -52,11 +60,12 @@ class Experiment:
   std: np.ndarray
   augment: Any = None
   validation: tuple[np.ndarray, np.ndarray] | None = None  # (inputs, labels) carved from the training split
+  model_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)  # as the model was built
 
   @property
   def preprocess(self):
-    if not self.streaming and self.dataset.tokens:
-      return lambda x: x  # Token ids go to the model as they are.
+    if not self.streaming and (self.dataset.tokens or self.dataset.context is not None):
+      return lambda x: x  # Token ids and indices into a context go to the model as they are.
     return normalizer(self.mean, self.std)
 
   @property
@@ -115,20 +124,43 @@ def build(config: config_lib.Config, dataset: Dataset | ImageFolder | None = Non
   if config.averaging.swa_lr is not None:  # The schedule counts optimiser updates.
     start = config.averaging.swa_start_epoch * steps_per_epoch // config.optimizer.accumulate_steps
     schedule = averaging.swa_schedule(schedule, start, config.averaging.swa_lr)
-  tx = create_optimizer(config.optimizer, schedule)
+  tx = _optimizer(config, task, schedule)
   augment = create_augmentation(config.data.augment)
   if stream:
     mean, std = streaming.normalization(dataset, config.data.normalization)
     streaming.check_augmentation(dataset, augment, batch_size)
-  elif dataset.tokens:
+  elif dataset.tokens or dataset.context is not None:
     if augment is not None:
-      raise ZooError(f"dataset {config.data.name!r} holds token ids: data.augment does not apply to them")
+      what = "token ids" if dataset.tokens else "indices into its context"
+      raise ZooError(f"dataset {config.data.name!r} holds {what}: data.augment does not apply to them")
     mean, std = normalization_stats(dataset.x_train, "none", dataset.pixel_max)  # Unused: tokens stay ids.
   else:
     mean, std = normalization_stats(dataset.x_train, config.data.normalization, dataset.pixel_max)
   return Experiment(
-    config, dataset, model, task, tx, schedule, steps_per_epoch, total_steps, mean, std, augment, validation
-  )
+    config, dataset, model, task, tx, schedule, steps_per_epoch, total_steps, mean, std, augment, validation,
+    model_kwargs,
+  )  # fmt: skip
+
+
+def _optimizer(config: config_lib.Config, task, schedule):
+  """The configured optimiser; for a task of several players (a GAN), one instance of it per player's
+  parameter subtree, each with its own state."""
+  if not task.players:
+    return create_optimizer(config.optimizer, schedule)
+  if config.optimizer.accumulate_steps != 1 or config.optimizer.skip_nonfinite:
+    raise ZooError(
+      f"task {config.task.name!r} trains {len(task.players)} players with their own optimisers; "
+      "optimizer.accumulate_steps and optimizer.skip_nonfinite are not supported with it"
+    )
+  txs = {player: create_optimizer(config.optimizer, schedule) for player in task.players}
+  return optax.partition(txs, lambda params: {k: k for k in params})
+
+
+def _with_context(data: dict[str, Any], dataset) -> dict[str, Any]:
+  """A split's arrays plus the dataset's shared context (on the device), if it has one."""
+  if getattr(dataset, "context", None) is None:
+    return data
+  return {**data, "context": {k: jnp.asarray(v) for k, v in dataset.context.items()}}
 
 
 def _carve_validation(dataset: Dataset, fraction: float, seed: int):
@@ -187,7 +219,8 @@ def train_and_evaluate(
   if exp.streaming:
     example = jnp.asarray(exp.preprocess(streaming.example_batch(ds, cfg.data.batch_size)))
   else:
-    example = jnp.asarray(exp.preprocess(ds.x_train[: cfg.data.batch_size]))
+    first_batch = jnp.asarray(exp.preprocess(ds.x_train[: cfg.data.batch_size]))
+    example = model_input(_with_context({"input": first_batch}, ds))
   averaging_on = cfg.averaging.ema_decay is not None or cfg.averaging.swa_start_epoch is not None
   state = create_train_state(exp.model, exp.tx, example, init_rng, cfg.averaging if averaging_on else None)
 
@@ -205,6 +238,7 @@ def train_and_evaluate(
       ) from e
     log.info("resumed from the checkpoint of step %d in %s", start_step, checkpointer.directory)
   _write_config(workdir, cfg)
+  _write_model_card(workdir, exp)
   writer = MetricWriter(workdir, resume_step=start_step)
   log.info(
     "%s: %s parameters, %d steps (%d per epoch)",
@@ -231,19 +265,20 @@ def train_and_evaluate(
     test_labels = test_data.labels
     eval_variables = _eval_variables_fn(exp, None, None)
   else:  # Whole splits on the device; the train step gathers its batch there.
-    train_data = {"input": jnp.asarray(ds.x_train), "label": jnp.asarray(ds.y_train)}
-    test_data = eval_batches(ds.x_test, ds.y_test, cfg.data.eval_batch_size)
+    train_data = _with_context({"input": jnp.asarray(ds.x_train), "label": jnp.asarray(ds.y_train)}, ds)
+    test_data = _with_context(eval_batches(ds.x_test, ds.y_test, cfg.data.eval_batch_size), ds)
     test_labels = ds.y_test
     train_step = make_train_step(
       exp.model, exp.tx, exp.task, exp.schedule, batch_size=cfg.data.batch_size, **step_options
     )
     evaluate = make_eval_fn(exp.model, exp.task, exp.preprocess)
-    predict = make_predict_fn(exp.model, exp.preprocess)
+    predict = make_predict_fn(exp.model, exp.preprocess, exp.task.rng_streams)
     n_train = len(ds.x_train)
     eval_variables = _eval_variables_fn(exp, train_data, epoch_permutation(data_rng, 0, n_train))
   splits = {"test": test_data}
   if exp.validation is not None:
-    splits = {"validation": eval_batches(*exp.validation, cfg.data.eval_batch_size), **splits}
+    validation = _with_context(eval_batches(*exp.validation, cfg.data.eval_batch_size), ds)
+    splits = {"validation": validation, **splits}
   watched = "validation" if "validation" in splits else "test"
   tracker = BestTracker(cfg.early_stopping, watched)
   tracker.replay(writer.history)
@@ -371,7 +406,10 @@ def train_and_evaluate(
       test_metrics = _summarise(exp.task, evaluate(eval_variables(state), test_data))
     outputs = jax.device_get(predict(eval_variables(state), test_data))
     n_test = len(test_labels)
-    report = exp.task.write_report(outputs.reshape(-1, *outputs.shape[2:])[:n_test], test_labels, workdir)
+    outputs = jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:])[:n_test], outputs)
+    report = exp.task.write_report(outputs, test_labels, workdir)
+    samples_rng = jax.random.fold_in(rng, 1 << 20)
+    report.update(exp.task.write_samples(exp.model, eval_variables(state), workdir, samples_rng) or {})
   finally:
     if train_batches is not None:
       train_batches.close()
@@ -436,6 +474,26 @@ def _write_config(workdir: Path, cfg: config_lib.Config) -> None:
       log.warning("the config differs from the one saved in %s (sections: %s)", path, ", ".join(changed))
   tmp = path.with_suffix(".json.tmp")
   tmp.write_text(config_lib.to_json(cfg) + "\n")
+  tmp.replace(path)
+
+
+def _write_model_card(workdir: Path, exp: Experiment) -> None:
+  """model.json: what rebuilds the trained model without its dataset (zoo.train.restore): the registered
+  name, the keyword arguments it was built with (incl. those taken from the data: num_classes,
+  vocab_size), the token vocabulary and the input normalisation."""
+  ds = exp.dataset
+  vocab = getattr(ds, "vocab", None)
+  card = {
+    "model": exp.config.model.name,
+    "kwargs": exp.model_kwargs,
+    "vocab": None if vocab is None else (vocab if isinstance(vocab, str) else list(vocab)),
+    "mean": np.asarray(exp.mean, np.float32).tolist(),
+    "std": np.asarray(exp.std, np.float32).tolist(),
+    "tokens": bool(getattr(ds, "tokens", False)),
+  }
+  path = workdir / "model.json"
+  tmp = path.with_suffix(".json.tmp")
+  tmp.write_text(json.dumps(card, default=str) + "\n")
   tmp.replace(path)
 
 

@@ -68,10 +68,11 @@ def create_train_state(
     jax.eval_shape(init, rng)
   except Exception as e:  # noqa: BLE001 - any failure here is the model rejecting the input's shape.
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise ZooError(
-      f"model {type(model).__name__} cannot take inputs of shape {tuple(example_input.shape[1:])} "
-      f"(batch of {example_input.shape[0]}): {type(e).__name__}: {first}"
-    ) from e
+    if hasattr(example_input, "shape"):
+      what = f"inputs of shape {tuple(example_input.shape[1:])} (batch of {example_input.shape[0]})"
+    else:
+      what = f"inputs {jax.tree.map(lambda x: tuple(x.shape), example_input)}"
+    raise ZooError(f"model {type(model).__name__} cannot take {what}: {type(e).__name__}: {first}") from e
   return jax.jit(init)(rng)
 
 

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import optax
 
 from zoo.config import AveragingConfig
+from zoo.registry import ZooError
 from zoo.tasks import Task
 from zoo.train import averaging as averaging_lib
 from zoo.train.state import TrainState
@@ -28,13 +29,55 @@ def normalizer(mean: Any, std: Any) -> Callable[[jax.Array], jax.Array]:
   return lambda x: (x.astype(jnp.float32) - batched(mean)) * batched(inv_std)
 
 
-def apply_model(model: nn.Module, state_vars: dict[str, Any], x: jax.Array, *, train: bool, rng=None):
-  """Runs the model; in training returns the updated non-parameter collections too."""
+def apply_model(model: nn.Module, state_vars: dict[str, Any], x: Any, *, train: bool, rngs=None):
+  """Runs the model; in training returns the updated non-parameter collections too. `rngs`: a key for
+  'dropout', or a dict of keys by stream name."""
   mutable = [k for k in state_vars if k != "params"] if train else []
-  rngs = {"dropout": rng} if rng is not None else None
+  if rngs is not None and not isinstance(rngs, dict):
+    rngs = {"dropout": rngs}
   if mutable:
     return model.apply(state_vars, x, train=train, rngs=rngs, mutable=mutable)
   return model.apply(state_vars, x, train=train, rngs=rngs), {}
+
+
+def model_input(batch: Batch) -> Any:
+  """What the model is given for a (preprocessed) batch: its inputs, or, for a dataset with a shared
+  `context` (a graph), the context with the inputs as its 'index' (the nodes the batch is about)."""
+  if "context" in batch:
+    return {**batch["context"], "index": batch["input"]}
+  return batch["input"]
+
+
+def train_rngs(rng: jax.Array, streams: tuple[str, ...]) -> dict[str, jax.Array]:
+  """One training step's keys: `rng` for 'dropout' and one derived key per extra stream."""
+  return {"dropout": rng, **{name: jax.random.fold_in(rng, i + 1) for i, name in enumerate(streams)}}
+
+
+def eval_rngs(streams: tuple[str, ...], batch_index: jax.Array) -> dict[str, jax.Array] | None:
+  """Evaluation's keys for the task's extra streams: fixed, one per batch, so that a split's metrics are
+  the same at every evaluation; None when the task has none."""
+  if not streams:
+    return None
+  key = jax.random.fold_in(jax.random.key(0), batch_index)
+  return {name: jax.random.fold_in(key, i) for i, name in enumerate(streams)}
+
+
+def player_gradients(loss_fn: Callable, params: Any, players: tuple[str, ...]):
+  """(grads, aux) where each player's gradient is that of its own loss with respect to its own parameter
+  subtree: one forward pass (`loss_fn(params) -> ({player: loss}, aux)`) and one backward pass per player."""
+  if set(params) != set(players):
+    raise ZooError(
+      f"the task's players {list(players)} must be the model's top-level parameter subtrees, which are "
+      f"{sorted(params)}"
+    )
+
+  def stacked(params):
+    losses, aux = loss_fn(params)
+    return jnp.stack([losses[p] for p in players]), aux
+
+  _, vjp, aux = jax.vjp(stacked, params, has_aux=True)
+  eye = jnp.eye(len(players), dtype=jnp.float32)
+  return {p: vjp(eye[i])[0][p] for i, p in enumerate(players)}, aux
 
 
 def _make_update(
@@ -60,18 +103,21 @@ def _make_update(
     if augment is not None:
       inputs = augment(inputs, augment_rng)
     batch = dict(batch, input=preprocess(inputs))
+    rngs = train_rngs(step_rng, task.rng_streams)
 
     def loss_fn(params):
-      outputs, new_model_state = apply_model(
-        model, {"params": params, **state.model_state}, batch["input"], train=True, rng=step_rng
-      )
+      variables = {"params": params, **state.model_state}
+      outputs, new_model_state = apply_model(model, variables, model_input(batch), train=True, rngs=rngs)
       loss, metrics = task.loss(outputs, batch)
       if penalty is not None:  # Logged apart: metrics["loss"] stays the task's loss.
         metrics = dict(metrics, penalty=penalty(params))
-        loss = loss + metrics["penalty"]
+        loss = jax.tree.map(lambda value: value + metrics["penalty"], loss)  # each player's loss, if several
       return loss, (metrics, new_model_state)
 
-    (_, (metrics, new_model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    if task.players:
+      grads, (metrics, new_model_state) = player_gradients(loss_fn, state.params, task.players)
+    else:
+      (_, (metrics, new_model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     # Reduce-on-plateau's scale multiplies the whole update, i.e. the rate (decoupled decay included).
     updates, opt_state = tx.update(grads, state.opt_state, state.params, lr_scale=state.lr_scale)
     params = optax.apply_updates(state.params, updates)
@@ -142,7 +188,8 @@ def make_train_step(
   def train_step(state: TrainState, data: Data, perm: jax.Array, rng: jax.Array):
     offset = (state.step % steps_per_epoch) * batch_size
     idx = jax.lax.dynamic_slice_in_dim(perm, offset, batch_size)
-    return update(state, {k: v[idx] for k, v in data.items()}, rng)
+    # A shared context (a graph) goes whole into every batch.
+    return update(state, {k: v if k == "context" else v[idx] for k, v in data.items()}, rng)
 
   return _jit_counting_traces(train_step)
 
@@ -185,6 +232,11 @@ def make_batch_train_step(
   )
 
 
+def _stacked_with_context(data: Data) -> tuple[Data, Any]:
+  """A split's stacked batches and its shared context (None without one)."""
+  return {k: v for k, v in data.items() if k != "context"}, data.get("context")
+
+
 def make_eval_fn(
   model: nn.Module, task: Task, preprocess: Callable[[jax.Array], jax.Array]
 ) -> Callable[[dict[str, Any], Data], dict[str, jax.Array]]:
@@ -192,21 +244,30 @@ def make_eval_fn(
 
   `variables` are the model's ({"params": ..., "batch_stats": ...}): `state.variables()`, or averaged ones.
 
-  `data` holds batches stacked on a leading axis, (num_batches, B, ...), with a `mask` marking padding.
+  `data` holds batches stacked on a leading axis, (num_batches, B, ...), with a `mask` marking padding,
+  and the dataset's shared `context` (a graph) if it has one.
   """
 
-  def batch_metrics(variables: dict[str, Any], batch: Data) -> dict[str, jax.Array]:
-    outputs, _ = apply_model(model, variables, preprocess(batch["input"]), train=False)
+  def batch_metrics(variables: dict[str, Any], batch: Data, index: jax.Array) -> dict[str, jax.Array]:
+    batch = dict(batch, input=preprocess(batch["input"]))
+    rngs = eval_rngs(task.rng_streams, index)
+    outputs, _ = apply_model(model, variables, model_input(batch), train=False, rngs=rngs)
     return task.eval_metrics(outputs, batch)
 
   @jax.jit
   def evaluate(variables: dict[str, Any], data: Data) -> dict[str, jax.Array]:
-    def body(totals, batch):
-      return jax.tree.map(jnp.add, totals, batch_metrics(variables, batch)), None
+    stacked, context = _stacked_with_context(data)
+    with_context = (lambda b: dict(b, context=context)) if context is not None else (lambda b: b)
 
-    shapes = jax.eval_shape(batch_metrics, variables, jax.tree.map(lambda x: x[0], data))
+    def body(totals, batch_and_index):
+      batch, index = batch_and_index
+      return jax.tree.map(jnp.add, totals, batch_metrics(variables, with_context(batch), index)), None
+
+    first = with_context(jax.tree.map(lambda x: x[0], stacked))
+    shapes = jax.eval_shape(batch_metrics, variables, first, jnp.zeros((), jnp.int32))
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-    totals, _ = jax.lax.scan(body, zeros, data)
+    num_batches = len(stacked["input"])
+    totals, _ = jax.lax.scan(body, zeros, (stacked, jnp.arange(num_batches)))
     return totals
 
   return evaluate
@@ -239,14 +300,24 @@ def make_batch_eval_fn(
   return evaluate_batch
 
 
-def make_predict_fn(model: nn.Module, preprocess: Callable[[jax.Array], jax.Array]) -> Callable:
-  """Returns `predict(variables, data) -> outputs (num_batches, B, ...)`, batches stacked as in evaluation."""
+def make_predict_fn(
+  model: nn.Module, preprocess: Callable[[jax.Array], jax.Array], rng_streams: tuple[str, ...] = ()
+) -> Callable:
+  """Returns `predict(variables, data) -> outputs (num_batches, B, ...)`, batches stacked as in evaluation
+  (with the split's `context`, if any), the task's `rng_streams` keyed as in evaluation."""
 
   @jax.jit
   def predict(variables: dict[str, Any], data: Data) -> jax.Array:
-    def body(_, batch):
-      return None, apply_model(model, variables, preprocess(batch["input"]), train=False)[0]
+    stacked, context = _stacked_with_context(data)
 
-    return jax.lax.scan(body, None, data)[1]
+    def body(_, batch_and_index):
+      batch, index = batch_and_index
+      batch = dict(batch, input=preprocess(batch["input"]))
+      if context is not None:
+        batch["context"] = context
+      rngs = eval_rngs(rng_streams, index)
+      return None, apply_model(model, variables, model_input(batch), train=False, rngs=rngs)[0]
+
+    return jax.lax.scan(body, None, (stacked, jnp.arange(len(stacked["input"]))))[1]
 
   return predict
