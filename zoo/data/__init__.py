@@ -3,7 +3,7 @@ input normalisation statistics."""
 
 from __future__ import annotations
 
-from zoo.data import cifar, text  # noqa: F401  (imported so that their loaders register)
+from zoo.data import cifar, planetoid, text  # noqa: F401  (imported so that their loaders register)
 from zoo.data.augment import AUGMENTATIONS, create_augmentation, register_augmentation
 from zoo.data.datasets import (
   DATASETS,

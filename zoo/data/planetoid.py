@@ -13,6 +13,7 @@ import typing
 import numpy as np
 import scipy.sparse
 
+from zoo.data.datasets import Dataset, register_dataset
 from zoo.data.download import fetch
 from zoo.registry import ZooError
 
@@ -370,3 +371,35 @@ def _read_index(path: pathlib.Path) -> np.ndarray:
     except ValueError:
       raise ZooError(f"{path}, line {i}: expected a node number, got {line[:40]!r}") from None
   return np.asarray(values, np.int64)
+
+
+def node_dataset(graph: Graph, *, normalize_features: bool = True) -> Dataset:
+  """A graph as a node-classification Dataset: inputs are node ids (int32), labels their classes, and the
+  graph ({"features": (N, F) float32, "edges": (E, 2) int32}) is the shared context the model is given
+  with each batch. Splits: the graph's train / validation / test masks (the public split). Features are
+  row-normalised (Kipf & Welling) unless `normalize_features=False`."""
+  ids = lambda mask: np.flatnonzero(mask).astype(np.int32)
+  train, val, test = ids(graph.train_mask), ids(graph.val_mask), ids(graph.test_mask)
+  labels = graph.labels.astype(np.int32)
+  features = row_normalize(graph.features) if normalize_features else np.asarray(graph.features, np.float32)
+  context = {"features": features, "edges": graph.edges.astype(np.int32)}
+  return Dataset(
+    graph.name, train, labels[train], test, labels[test], graph.num_classes, 1.0,
+    x_val=val, y_val=labels[val], context=context,
+  )  # fmt: skip
+
+
+def _register(name: str) -> None:
+  def loader(*, data_dir: str | None = None, normalize_features: bool = True) -> Dataset:
+    return node_dataset(load_planetoid(name, data_dir=data_dir), normalize_features=normalize_features)
+
+  loader.__name__ = name
+  loader.__doc__ = (
+    f"Planetoid {name.capitalize()} for full-batch node classification (`load_planetoid`, `node_dataset`): "
+    "inputs are node ids into the graph that the model receives whole; the public split, validation incl."
+  )
+  register_dataset(loader)
+
+
+for _name in ("cora", "citeseer", "pubmed"):
+  _register(_name)

@@ -54,6 +54,11 @@ def _graph_arrays(graph: Any, where: str) -> tuple[jax.Array, jax.Array]:
   return features, edges
 
 
+def _select(graph: Mapping[str, jax.Array], logits: jax.Array) -> jax.Array:
+  """The rows of the nodes in graph['index'] (a batch of node ids) when given, else all of them."""
+  return logits[graph["index"]] if "index" in graph else logits
+
+
 def add_self_loops(edges: jax.Array, num_nodes: int) -> tuple[jax.Array, jax.Array]:
   """(senders, receivers), each (E + N,): the edges followed by one self loop (i, i) per node."""
   loops = jnp.arange(num_nodes, dtype=edges.dtype)
@@ -187,7 +192,7 @@ class GCN(nn.Module):
       x = GCNLayer(width, self.dtype, self.param_dtype)(x, edges, norm)  # (N, width)
       if i < len(widths) - 1:
         x = act(x)
-    return x.astype(jnp.float32)  # (N, C)
+    return _select(graph, x.astype(jnp.float32))  # (N, C), or (B, C) for graph['index'] (B,)
 
 
 class GATLayer(nn.Module):
@@ -277,7 +282,7 @@ class GAT(nn.Module):
       x = act(GATLayer(width, self.num_heads, concat=True, **kw)(x, edges, train=train))  # (N, K D)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     x = GATLayer(self.num_classes, self.output_heads, concat=False, **kw)(x, edges, train=train)
-    return x.astype(jnp.float32)  # (N, C)
+    return _select(graph, x.astype(jnp.float32))  # (N, C), or (B, C) for graph['index'] (B,)
 
 
 def graph_example(num_features: int, degree: int = 2) -> Callable[[int, Any], dict[str, jax.Array]]:
