@@ -1,4 +1,5 @@
-"""Tasks: what a config trains for (batch layout, loss, metrics). Each task is one registered entry."""
+"""Tasks: what a config trains for (batch layout, loss, metrics). Each task is one registered entry; a new
+task is one module in this package that decorates its factory with `register_task` (imported below)."""
 
 from __future__ import annotations
 
@@ -78,6 +79,12 @@ def language_model(**kwargs) -> Task:
     raise ZooError(f"task 'language_model' takes no arguments; got {', '.join(sorted(kwargs))}")
   return LanguageModelTask()
 
+
+import importlib  # noqa: E402
+import pkgutil  # noqa: E402
+
+for _module in pkgutil.iter_modules(__path__):
+  importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = [
   "TASKS",

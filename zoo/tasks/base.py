@@ -37,6 +37,11 @@ class Task:
     the summed `count`."""
     raise NotImplementedError
 
+  def predictions(self, outputs: Any, batch: Batch) -> Any:
+    """What the end-of-run report receives per test example (compiled, on the device): the model's
+    outputs by default; e.g. an anomaly score per example for a reconstruction task."""
+    return outputs
+
   def summarize(self, means: dict[str, float]) -> dict[str, float]:
     """Turns the split's metric means (each `eval_metrics` sum divided by the summed count) into the
     reported metrics, for metrics that are not means themselves (e.g. R^2 from the means of y, y^2 and

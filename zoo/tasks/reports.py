@@ -359,3 +359,29 @@ __all__ = [
   "save_roc_png",
   "regression_metrics",
 ]
+
+
+def image_grid(images: np.ndarray, rows: int | None = None) -> np.ndarray:
+  """Images (N, H, W, C) with values in [0, 1] tiled row-major into one (rows * H + gaps, cols * W + gaps,
+  C) image with a 1-pixel white gap between them; rows defaults to ceil(sqrt(N))."""
+  images = np.clip(np.asarray(images, np.float32), 0.0, 1.0)
+  if images.ndim != 4:
+    raise ZooError(f"an image grid takes images (N, H, W, C), got shape {images.shape}")
+  n, h, w, c = images.shape
+  rows = rows or int(np.ceil(np.sqrt(n)))
+  cols = int(np.ceil(n / rows))
+  grid = np.ones((rows * (h + 1) - 1, cols * (w + 1) - 1, c), np.float32)
+  for i, image in enumerate(images):
+    r, col = divmod(i, cols)
+    grid[r * (h + 1) : r * (h + 1) + h, col * (w + 1) : col * (w + 1) + w] = image
+  return grid
+
+
+def save_image_grid(images: np.ndarray, path, rows: int | None = None) -> pathlib.Path:
+  """Writes `image_grid(images, rows)` as an 8-bit PNG (grey for one channel, RGB for three)."""
+  from PIL import Image
+
+  path = _prepare_path(path)
+  grid = np.round(image_grid(images, rows) * 255).astype(np.uint8)
+  Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
+  return path

@@ -272,7 +272,7 @@ def train_and_evaluate(
       exp.model, exp.tx, exp.task, exp.schedule, batch_size=cfg.data.batch_size, **step_options
     )
     evaluate = make_eval_fn(exp.model, exp.task, exp.preprocess)
-    predict = make_predict_fn(exp.model, exp.preprocess, exp.task.rng_streams)
+    predict = make_predict_fn(exp.model, exp.preprocess, exp.task)
     n_train = len(ds.x_train)
     eval_variables = _eval_variables_fn(exp, train_data, epoch_permutation(data_rng, 0, n_train))
   splits = {"test": test_data}

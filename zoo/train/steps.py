@@ -300,11 +300,9 @@ def make_batch_eval_fn(
   return evaluate_batch
 
 
-def make_predict_fn(
-  model: nn.Module, preprocess: Callable[[jax.Array], jax.Array], rng_streams: tuple[str, ...] = ()
-) -> Callable:
-  """Returns `predict(variables, data) -> outputs (num_batches, B, ...)`, batches stacked as in evaluation
-  (with the split's `context`, if any), the task's `rng_streams` keyed as in evaluation."""
+def make_predict_fn(model: nn.Module, preprocess: Callable[[jax.Array], jax.Array], task: Task) -> Callable:
+  """Returns `predict(variables, data) -> task.predictions (num_batches, B, ...)`, batches stacked as in
+  evaluation (with the split's `context`, if any), the task's `rng_streams` keyed as in evaluation."""
 
   @jax.jit
   def predict(variables: dict[str, Any], data: Data) -> jax.Array:
@@ -315,8 +313,9 @@ def make_predict_fn(
       batch = dict(batch, input=preprocess(batch["input"]))
       if context is not None:
         batch["context"] = context
-      rngs = eval_rngs(rng_streams, index)
-      return None, apply_model(model, variables, model_input(batch), train=False, rngs=rngs)[0]
+      rngs = eval_rngs(task.rng_streams, index)
+      outputs, _ = apply_model(model, variables, model_input(batch), train=False, rngs=rngs)
+      return None, task.predictions(outputs, batch)
 
     return jax.lax.scan(body, None, (stacked, jnp.arange(len(stacked["input"]))))[1]
 
