@@ -133,7 +133,7 @@ def load_dataset(name: str, data_dir: str | None = None, **kwargs: typing.Any) -
 
 # --- normalisation ----------------------------------------------------------------------------------------
 
-NORMALIZATION_MODES = ("none", "scale", "channel", "feature", "imagenet", "inception")
+NORMALIZATION_MODES = ("none", "scale", "symmetric", "channel", "feature", "imagenet", "inception")
 FITTED_NORMALIZATIONS = ("channel", "feature")  # the modes that need the whole training split
 # Published RGB statistics, as fractions of pixel_max: ImageNet's training-set means and standard
 # deviations (torchvision's, timm's IMAGENET_DEFAULT_*), and Inception's map to [-1, 1] (timm's
@@ -150,15 +150,19 @@ def normalization_stats(x_train: np.ndarray, mode: str, pixel_max: float) -> tup
   Modes: 'none' -> (0, 1); 'scale' -> (0, pixel_max); 'channel' -> one mean/std per last-axis channel over
   all training pixels, shaped (1, ..., 1, C) like one example; 'feature' -> one mean/std per input feature,
   shaped like one example (as sklearn's StandardScaler). A constant channel or feature gets std 1.
+  'symmetric' -> (pixel_max / 2, pixel_max / 2): inputs in [-1, 1], a tanh generator's range (GANs).
   'imagenet' and 'inception' -> fixed RGB statistics (FIXED_RGB_STATS) times pixel_max, shaped
   (1, ..., 1, 3); these read only `x_train.shape`, which may hold no examples (a streamed dataset's).
   """
   if mode == "none":
     return np.zeros((), np.float32), np.ones((), np.float32)
-  if mode in ("scale", *FIXED_RGB_STATS) and not pixel_max > 0:
+  if mode in ("scale", "symmetric", *FIXED_RGB_STATS) and not pixel_max > 0:
     raise ZooError(f"{mode!r} normalisation needs a positive pixel_max, got {pixel_max}")
   if mode == "scale":
     return np.zeros((), np.float32), np.asarray(pixel_max, np.float32)
+  if mode == "symmetric":
+    half = np.asarray(pixel_max / 2, np.float32)
+    return half, half
   if mode in FIXED_RGB_STATS:
     if x_train.ndim < 2 or x_train.shape[-1] != 3:
       raise ZooError(
@@ -292,6 +296,22 @@ def mnist(*, data_dir: str | None = None) -> Dataset:
 def fashion_mnist(*, data_dir: str | None = None) -> Dataset:
   """Fashion-MNIST (Xiao et al., 2017): 60,000 + 10,000 Zalando article images, 28x28 grey, 10 classes."""
   return _load_idx("fashion_mnist", _FASHION_URLS, _FASHION_SHA256, data_dir)
+
+
+@register_dataset
+def binarized_mnist(*, data_dir: str | None = None, seed: int = 0) -> Dataset:
+  """MNIST stochastically binarised once (as Salakhutdinov & Murray 2008 made the binarised MNIST that
+  density models report likelihoods on): each pixel is 255 with probability grey / 255, else 0, drawn
+  with numpy's PCG64 seeded by `seed`, so every run sees the same binary images. Values 0 or 255 (uint8):
+  with the 'scale' normalisation the inputs are exactly 0 and 1, a proper Bernoulli target."""
+  ds = mnist(data_dir=data_dir)
+  rng = np.random.default_rng(seed)
+
+  def binarize(x: np.ndarray) -> np.ndarray:
+    return np.where(rng.random(x.shape, np.float32) * 255 < x, 255, 0).astype(np.uint8)
+
+  x_train, x_test = binarize(ds.x_train), binarize(ds.x_test)
+  return dataclasses.replace(ds, name="binarized_mnist", x_train=x_train, x_test=x_test)
 
 
 def _check_positive(dataset: str, **values: int) -> None:
