@@ -1,6 +1,7 @@
 """`python -m zoo list [KIND] [PATTERN]`: what the zoo holds (configs, models, optimizers, schedules, ...).
 `python -m zoo summary MODEL [--input-shape H,W,C] [--depth N] [FIELD=VALUE ...]`: a model's layers, output
-shapes, parameters and FLOPs."""
+shapes, parameters and FLOPs.
+`python -m zoo sample --workdir DIR [--prompt TEXT] [--length N] ...`: text from a trained language model."""
 
 from __future__ import annotations
 
@@ -79,6 +80,31 @@ def cmd_summary(args: argparse.Namespace) -> int:
   return 0
 
 
+SAMPLE_HELP = """Prints text sampled from the character language model trained in --workdir (a GPT or a
+recurrent CharLM, e.g. `python train.py --config shakespeare_gpt --workdir runs/gpt`): the prompt, then
+--length sampled characters, for each of --num-samples samples. The newest checkpoint is used (the
+weights' EMA when the run kept one).
+
+The prompt must use only characters of the model's vocabulary (those of its training text). An empty
+prompt starts the text at a line break, which is not printed. A GPT conditions on the prompt's last
+block_size characters only (its context; the whole prompt is still printed), and once the text outgrows
+its context, on the last block_size characters so far; a recurrent model reads all of it. The same --seed
+gives the same text; --temperature 0 takes the most likely character at each step (greedy)."""
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+  from zoo.train.restore import load_run, sample_texts
+
+  run = load_run(args.workdir, args.step)
+  options = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+  texts = sample_texts(run, args.prompt, args.length, num_samples=args.num_samples, **options)
+  for i, text in enumerate(texts):
+    if len(texts) > 1:
+      print(f"--- sample {i + 1} of {len(texts)} ---")
+    print(text)
+  return 0
+
+
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m zoo", description=__doc__)
   sub = parser.add_subparsers(dest="command", required=True)
@@ -96,6 +122,22 @@ def main(argv: list[str] | None = None) -> int:
   p_sum.add_argument("--input-shape", help="one example's shape, e.g. 224,224,3 (default: the model's own)")
   p_sum.add_argument("--depth", type=int, default=1, help="how deep to list nested modules (default 1)")
   p_sum.set_defaults(func=cmd_summary)
+  p_sample = sub.add_parser(
+    "sample",
+    help="text from a trained language model (GPT or CharLM run)",
+    description=SAMPLE_HELP,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  p_sample.add_argument("--workdir", required=True, help="the run's directory (train.py's --workdir)")
+  p_sample.add_argument("--prompt", default="", help="the text to continue (default: none, a new line)")
+  p_sample.add_argument("--length", type=int, default=500, metavar="N", help="characters to sample (500)")
+  p_sample.add_argument("--temperature", type=float, default=1.0, metavar="T", help="0 is greedy (1.0)")
+  p_sample.add_argument("--top-k", type=int, metavar="K", help="sample among the K most likely characters")
+  p_sample.add_argument("--top-p", type=float, metavar="P", help="nucleus sampling (GPT only)")
+  p_sample.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (0)")
+  p_sample.add_argument("--num-samples", type=int, default=1, metavar="N", help="how many texts (1)")
+  p_sample.add_argument("--step", type=int, help="the checkpoint's step (default: the newest)")
+  p_sample.set_defaults(func=cmd_sample)
   args = parser.parse_args(argv)
   from zoo.registry import ZooError
 
