@@ -36,7 +36,8 @@ class Run:
 
 def load_run(workdir: str | Path, step: int | None = None) -> Run:
   """Loads the run that `python train.py ... --workdir DIR` left in `workdir`: its config, its model and the
-  variables of checkpoint `step` (default: the newest).
+  variables of checkpoint `step` (default: the newest; for a run with early_stopping.restore_best, the best
+  evaluation's, which the run ended with).
 
   Only the step, parameters, model state and weight averages are read, not the optimiser's state, so any
   optimiser's run loads the same way. When the run kept an EMA of its weights, `variables` are the EMA's
@@ -56,6 +57,9 @@ def load_run(workdir: str | Path, step: int | None = None) -> Run:
     )
   card = json.loads(card_path.read_text())
   config = config_lib.from_dict(json.loads(config_path.read_text()))
+  best_dir = workdir / "best_checkpoint"
+  if step is None and config.early_stopping.restore_best and _checkpoint_steps(best_dir):
+    ckpt_dir = best_dir  # The run ended with its best evaluation's parameters: those are the model.
   steps = _checkpoint_steps(ckpt_dir)
   if not steps:
     raise ZooError(f"{ckpt_dir} holds no checkpoint: train the run first ({train}; it saves one at its end)")
