@@ -4,6 +4,7 @@ formats)."""
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -47,9 +48,12 @@ def test_config_smoke_trains(name, tmp_path, monkeypatch):
   result = train_and_evaluate(config, tmp_path / "run", progress=False)
   assert result["step"] == 3
   assert result["test"]["loss"] > 0
+  assert all(math.isfinite(v) for v in result["test"].values() if isinstance(v, float))
   if config.task.name == "regression":
     assert {"mse", "mae", "rmse", "r2"} <= set(result["test"])
-  else:
+  elif config.task.name in ("vae", "autoencoder"):
+    assert result["test"]["reconstruction"] > 0
+  elif config.task.name != "gan":
     assert 0.0 <= result["test"]["accuracy"] <= 1.0
 
 

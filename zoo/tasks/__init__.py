@@ -80,6 +80,14 @@ def language_model(**kwargs) -> Task:
   return LanguageModelTask()
 
 
+@register_task
+def continual(**kwargs) -> Task:
+  """A sequence of class splits learned in turn (EWC, progressive networks, fine-tuning) on which each split
+  is a classification: trained by zoo.train.continual.train_continual, which checks these kwargs
+  (ContinualOptions there: method, ewc_lambda, fisher, epochs_per_task, splits, ...)."""
+  return ClassificationTask()
+
+
 import importlib  # noqa: E402
 import pkgutil  # noqa: E402
 

@@ -209,6 +209,10 @@ def train_and_evaluate(
   `workdir` receives config.json, metrics.jsonl, TensorBoard events (tensorboard/), curves.png and
   checkpoints/. Progress goes to a tqdm bar (`progress=False` hides it) and to `logging`.
   """
+  if config.task.name == "continual":  # A sequence of tasks: its own trainer (zoo/train/continual.py).
+    from zoo.train.continual import train_continual
+
+    return train_continual(config, workdir, progress=progress, dataset=dataset)
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   exp = build(config, dataset)
