@@ -95,7 +95,7 @@ def test_unknown_dataset_suggests_close_matches():
     load_dataset("mnsit")
   with pytest.raises(UnknownNameError, match="fashion_mnist"):
     load_dataset("fashion")
-  assert list_datasets("*mnist") == ["fashion_mnist", "mnist"]
+  assert list_datasets("*mnist") == ["binarized_mnist", "fashion_mnist", "mnist"]
   assert {"digits", "synthetic_images", "synthetic_tabular"} <= set(list_datasets())
 
 

@@ -71,7 +71,7 @@ def _mlp_run(norm: str, kind: str, train_steps: int):
   tx = optax.adam(2e-2)
 
   def loss_fn(p, state, rng):
-    logits, new_state = apply_model(model, {"params": p, **state}, x, train=True, rng=rng)
+    logits, new_state = apply_model(model, {"params": p, **state}, x, train=True, rngs=rng)
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), dict(new_state)
 
   def eval_logits(p, state, x):
@@ -169,7 +169,7 @@ def test_mlp_spectral_norm_power_iteration_runs_in_training_only():
     }
   }
 
-  train = jax.jit(lambda s, rng: apply_model(model, {"params": params, **s}, x, train=True, rng=rng)[1])
+  train = jax.jit(lambda s, rng: apply_model(model, {"params": params, **s}, x, train=True, rngs=rng)[1])
   for i in range(30):  # One power iteration per training step.
     state = train(state, jax.random.key(i))
   w = effective_kernel(model, {"params": params, **state}, 9, "SpectralNormDense_0")
@@ -351,7 +351,7 @@ def test_cnn_norm_choice_trains_and_evaluates(norm):
     params, state = variables.pop("params"), variables
 
     def loss(p):
-      logits, new_state = apply_model(model, {"params": p, **state}, x, train=True, rng=jax.random.key(1))
+      logits, new_state = apply_model(model, {"params": p, **state}, x, train=True, rngs=jax.random.key(1))
       return jnp.sum(logits * jnp.arange(3.0)[None]), new_state
 
     (_, new_state), grads = jax.value_and_grad(loss, has_aux=True)(params)

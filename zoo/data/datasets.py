@@ -133,7 +133,7 @@ def load_dataset(name: str, data_dir: str | None = None, **kwargs: typing.Any) -
 
 # --- normalisation ----------------------------------------------------------------------------------------
 
-NORMALIZATION_MODES = ("none", "scale", "symmetric", "channel", "feature", "imagenet", "inception")
+NORMALIZATION_MODES = ("none", "scale", "channel", "feature", "imagenet", "inception", "symmetric")
 FITTED_NORMALIZATIONS = ("channel", "feature")  # the modes that need the whole training split
 # Published RGB statistics, as fractions of pixel_max: ImageNet's training-set means and standard
 # deviations (torchvision's, timm's IMAGENET_DEFAULT_*), and Inception's map to [-1, 1] (timm's
