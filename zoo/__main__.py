@@ -1,7 +1,9 @@
 """`python -m zoo list [KIND] [PATTERN]`: what the zoo holds (configs, models, optimizers, schedules, ...).
 `python -m zoo summary MODEL [--input-shape H,W,C] [--depth N] [FIELD=VALUE ...]`: a model's layers, output
 shapes, parameters and FLOPs.
-`python -m zoo sample --workdir DIR [--prompt TEXT] [--length N] ...`: text from a trained language model."""
+`python -m zoo sample --workdir DIR [--prompt TEXT] [--length N] ...`: text from a trained language model.
+`python -m zoo score-samples --samples FILE --classifier DIR`: a GAN's samples scored by a classifier.
+"""
 
 from __future__ import annotations
 
@@ -105,6 +107,21 @@ def cmd_sample(args: argparse.Namespace) -> int:
   return 0
 
 
+SCORE_HELP = """Scores the samples a GAN run wrote (RUN/samples.npz, task 'gan') with a trained classifier run
+(e.g. `python train.py --config mnist_cnn --workdir runs/mnist_cnn`): the share of samples whose top class
+probability is at least --threshold, the histogram of predicted classes and its entropy (ln 10 = 2.303
+nats when the ten digits are equally frequent, 0 when one class takes all), and the Inception Score's
+formula with that classifier. Prints them and writes sample_score.json beside the samples (or --out)."""
+
+
+def cmd_score_samples(args: argparse.Namespace) -> int:
+  from zoo.train.sample_score import format_score, score_samples_file
+
+  score = score_samples_file(args.samples, args.classifier, threshold=args.threshold, out=args.out)
+  print(format_score(score))
+  return 0
+
+
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m zoo", description=__doc__)
   sub = parser.add_subparsers(dest="command", required=True)
@@ -138,6 +155,17 @@ def main(argv: list[str] | None = None) -> int:
   p_sample.add_argument("--num-samples", type=int, default=1, metavar="N", help="how many texts (1)")
   p_sample.add_argument("--step", type=int, help="the checkpoint's step (default: the newest)")
   p_sample.set_defaults(func=cmd_sample)
+  p_score = sub.add_parser(
+    "score-samples",
+    help="score a GAN run's samples with a trained classifier",
+    description=SCORE_HELP,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  p_score.add_argument("--samples", required=True, help="a GAN run's samples.npz (task 'gan' writes it)")
+  p_score.add_argument("--classifier", required=True, help="a classifier run's workdir (runs/mnist_cnn)")
+  p_score.add_argument("--threshold", type=float, default=0.9, metavar="P", help="confidence threshold (0.9)")
+  p_score.add_argument("--out", help="the JSON to write (default: sample_score.json beside --samples)")
+  p_score.set_defaults(func=cmd_score_samples)
   args = parser.parse_args(argv)
   from zoo.registry import ZooError
 
