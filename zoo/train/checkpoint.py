@@ -10,6 +10,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from zoo.registry import ZooError
+
 log = logging.getLogger(__name__)
 
 
@@ -50,6 +52,18 @@ class Checkpointer:
       )
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
     return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+  def restore_or_explain(self, target: Any, step: int, what: str, advice: str) -> Any:
+    """`restore`, but a checkpoint that does not fit `target` closes the manager and raises a ZooError
+    naming `what`, the directory and the reason, followed by `advice`."""
+    try:
+      return self.restore(target, step)
+    except (ValueError, TypeError, KeyError) as e:
+      self.close()
+      reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+      raise ZooError(
+        f"{what} in {self.directory} does not fit this config (was it changed?): {reason}. {advice}"
+      ) from e
 
   def wait(self) -> None:
     self._manager.wait_until_finished()

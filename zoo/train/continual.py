@@ -44,6 +44,7 @@ from zoo.models import create_model, model_fields
 from zoo.optim import create_optimizer, create_schedule
 from zoo.registry import ZooError, close_matches
 from zoo.train.checkpoint import Checkpointer
+from zoo.train.loop import NonFiniteLossError, progress_bar, write_config
 from zoo.train.steps import normalizer
 from zoo.train.writers import MetricWriter
 
@@ -386,8 +387,6 @@ class _TrainLog:
     self.pending.clear()
     for s, v in zip(steps, values, strict=True):
       if self.stop_on_nonfinite and not math.isfinite(float(v["loss"])):
-        from zoo.train.loop import NonFiniteLossError  # Here, not above: the loop imports this module.
-
         raise NonFiniteLossError(
           f"the training loss became {float(v['loss'])} at step {s} (task {self.task}); the checkpoint after "
           f"the last finished task is kept in {self.kept}. Try a lower optimizer.learning_rate"
@@ -583,16 +582,10 @@ def train_continual(
   tasks_done = checkpointer.latest_step() or 0
   record = initial_record(tasks_done)
   if tasks_done:
-    try:
-      record = checkpointer.restore(record, tasks_done)
-    except (ValueError, TypeError, KeyError) as e:
-      checkpointer.close()
-      raise ZooError(
-        f"the checkpoint after task {tasks_done - 1} in {checkpointer.directory} does not fit this config "
-        f"(was it changed?): {str(e).strip().splitlines()[0][:300]}. Use a new workdir."
-      ) from e
+    what = f"the checkpoint after task {tasks_done - 1}"
+    record = checkpointer.restore_or_explain(record, tasks_done, what, "Use a new workdir.")
     log.info("resumed after task %d from %s", tasks_done - 1, checkpointer.directory)
-  _write_config(workdir, config)
+  write_config(workdir, config)
   writer = MetricWriter(workdir, resume_step=int(record["step"]))
 
   # Whole splits on the device once; each task reads them through its index arrays.
@@ -626,7 +619,7 @@ def train_continual(
 
   stop_on_nonfinite = config.stop_on_nonfinite and not config.optimizer.skip_nonfinite
   global_step = int(record["step"])
-  bar = _progress_bar(sum(steps), sum(steps[:tasks_done]), progress)
+  bar = progress_bar(sum(steps), sum(steps[:tasks_done]), progress)
   params = record["params"]
   accuracy, losses = np.array(record["accuracy"]), np.array(record["loss"])
   try:
@@ -785,25 +778,3 @@ def plot_accuracy_matrix(accuracy: np.ndarray, path: str | Path, title: str = ""
   fig.savefig(path, dpi=100)
   plt.close(fig)
   return Path(path)
-
-
-def _write_config(workdir: Path, config: config_lib.Config) -> None:
-  path = workdir / "config.json"
-  if path.exists():
-    try:
-      old = json.loads(path.read_text())
-    except json.JSONDecodeError:
-      old = None
-    if old is not None and json.loads(config_lib.to_json(config)) != old:
-      log.warning("the config differs from the one saved in %s", path)
-  tmp = path.with_suffix(".json.tmp")
-  tmp.write_text(config_lib.to_json(config) + "\n")
-  tmp.replace(path)
-
-
-def _progress_bar(total: int, initial: int, enabled: bool):
-  from tqdm.auto import tqdm
-
-  return tqdm(
-    total=total, initial=initial, unit="step", disable=not enabled, dynamic_ncols=True, mininterval=0.5
-  )

@@ -156,11 +156,15 @@ def _optimizer(config: config_lib.Config, task, schedule):
   return optax.partition(txs, lambda params: {k: k for k in params})
 
 
-def _with_context(data: dict[str, Any], dataset) -> dict[str, Any]:
-  """A split's arrays plus the dataset's shared context (on the device), if it has one."""
-  if getattr(dataset, "context", None) is None:
-    return data
-  return {**data, "context": {k: jnp.asarray(v) for k, v in dataset.context.items()}}
+def _device_context(dataset) -> dict[str, jax.Array] | None:
+  """The dataset's shared context (a graph) on the device, once for every split; None without one."""
+  context = getattr(dataset, "context", None)
+  return None if context is None else {k: jnp.asarray(v) for k, v in context.items()}
+
+
+def _with_context(data: dict[str, Any], context: dict[str, jax.Array] | None) -> dict[str, Any]:
+  """A split's arrays plus the shared context, if there is one."""
+  return data if context is None else {**data, "context": context}
 
 
 def _carve_validation(dataset: Dataset, fraction: float, seed: int):
@@ -220,28 +224,26 @@ def train_and_evaluate(
 
   rng = jax.random.key(cfg.seed)
   init_rng, data_rng, dropout_rng = jax.random.split(rng, 3)
+  context = None if exp.streaming else _device_context(ds)
   if exp.streaming:
     example = jnp.asarray(exp.preprocess(streaming.example_batch(ds, cfg.data.batch_size)))
   else:
     first_batch = jnp.asarray(exp.preprocess(ds.x_train[: cfg.data.batch_size]))
-    example = model_input(_with_context({"input": first_batch}, ds))
+    example = model_input(_with_context({"input": first_batch}, context))
   averaging_on = cfg.averaging.ema_decay is not None or cfg.averaging.swa_start_epoch is not None
   state = create_train_state(exp.model, exp.tx, example, init_rng, cfg.averaging if averaging_on else None)
 
   checkpointer = Checkpointer(workdir / "checkpoints", keep=cfg.keep_checkpoints)
   start_step = checkpointer.latest_step() or 0
   if start_step:
-    try:
-      state = checkpointer.restore(state, start_step)
-    except (ValueError, TypeError, KeyError) as e:
-      checkpointer.close()
-      raise ZooError(
-        f"the checkpoint of step {start_step} in {checkpointer.directory} does not fit this config's "
-        f"model and optimiser (was the config changed?): {str(e).strip().splitlines()[0][:300]}. "
-        f"Use a new --workdir, or the config the run started with ({workdir / 'config.json'})."
-      ) from e
+    state = checkpointer.restore_or_explain(
+      state,
+      start_step,
+      f"the checkpoint of step {start_step}",
+      f"Use a new --workdir, or the config the run started with ({workdir / 'config.json'}).",
+    )
     log.info("resumed from the checkpoint of step %d in %s", start_step, checkpointer.directory)
-  _write_config(workdir, cfg)
+  write_config(workdir, cfg)
   _write_model_card(workdir, exp)
   writer = MetricWriter(workdir, resume_step=start_step)
   log.info(
@@ -269,8 +271,8 @@ def train_and_evaluate(
     test_labels = test_data.labels
     eval_variables = _eval_variables_fn(exp, None, None)
   else:  # Whole splits on the device; the train step gathers its batch there.
-    train_data = _with_context({"input": jnp.asarray(ds.x_train), "label": jnp.asarray(ds.y_train)}, ds)
-    test_data = _with_context(eval_batches(ds.x_test, ds.y_test, cfg.data.eval_batch_size), ds)
+    train_data = _with_context({"input": jnp.asarray(ds.x_train), "label": jnp.asarray(ds.y_train)}, context)
+    test_data = _with_context(eval_batches(ds.x_test, ds.y_test, cfg.data.eval_batch_size), context)
     test_labels = ds.y_test
     train_step = make_train_step(
       exp.model, exp.tx, exp.task, exp.schedule, batch_size=cfg.data.batch_size, **step_options
@@ -281,7 +283,7 @@ def train_and_evaluate(
     eval_variables = _eval_variables_fn(exp, train_data, epoch_permutation(data_rng, 0, n_train))
   splits = {"test": test_data}
   if exp.validation is not None:
-    validation = _with_context(eval_batches(*exp.validation, cfg.data.eval_batch_size), ds)
+    validation = _with_context(eval_batches(*exp.validation, cfg.data.eval_batch_size), context)
     splits = {"validation": validation, **splits}
   watched = "validation" if "validation" in splits else "test"
   tracker = BestTracker(cfg.early_stopping, watched)
@@ -465,7 +467,8 @@ def _format(metrics: dict[str, float]) -> str:
   return " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
 
 
-def _write_config(workdir: Path, cfg: config_lib.Config) -> None:
+def write_config(workdir: Path, cfg: config_lib.Config) -> None:
+  """config.json in `workdir` (atomically), warning when it differs from the one saved there."""
   path = workdir / "config.json"
   if path.exists():
     try:
