@@ -89,6 +89,83 @@ def _step_fn(
   return step
 
 
+def _lstm_gates(z: jax.Array) -> jax.Array:
+  """Pre-activations (..., 4 H) in gate order i, f, g, o -> activations: sigmoid, sigmoid, tanh, sigmoid."""
+  i, f, g, o = jnp.split(z, 4, axis=-1)
+  return jnp.concatenate([jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)], axis=-1)
+
+
+def _lstm_run(xw, kernel, c0, h0, dtype, unroll, keep):
+  """The LSTM recurrence over xw (T, D, B, 4 H) (the projected inputs plus bias) from (c0, h0) (D, B, H):
+  (hs (T, D, B, H), (c, h)); with `keep` also the cells (T, D, B, H) and gate activations (T, D, B, 4 H)
+  that the backward pass reads."""
+
+  def step(carry, x_t):
+    c, h = carry
+    a = _lstm_gates(x_t.astype(jnp.float32) + _matmul(h, kernel, dtype))  # (D, B, 4 H)
+    i, f, g, o = jnp.split(a, 4, axis=-1)
+    c = f * c + i * g
+    h = o * jnp.tanh(c)
+    return (c, h), ((h, c, a) if keep else h)
+
+  return jax.lax.scan(step, (c0, h0), xw, unroll=unroll)
+
+
+def lstm_recurrence(xw, kernel, c0, h0, dtype: Any = jnp.float32, unroll: int = 1):
+  """hs (T, D, B, H) and the final (c, h) of an LSTM over xw (T, D, B, 4 H) = x W + b, with recurrent
+  kernel (D, H, 4 H) (matmuls in `dtype`, float32 accumulation and state) from (c0, h0) (D, B, H).
+
+  Its gradient is written out (as cuDNN's and PyTorch's LSTMs do) rather than left to autodiff of the scan:
+  the reverse scan computes only each step's gate gradients and dh @ U^T, and the recurrent kernel's
+  gradient is one (H, T B) @ (T B, 4 H) matmul after it, where autodiff of the scan adds a (B, H)^T @ (B, 4 H)
+  product into a carried (H, 4 H) accumulator at every step (T passes over the kernel's memory). The same
+  mathematics; float32 rounding differs.
+  """
+  return _lstm_recurrence(jnp.dtype(dtype), unroll)(xw, kernel, c0, h0)
+
+
+@functools.cache
+def _lstm_recurrence(dtype: Any, unroll: int) -> Callable:
+  @jax.custom_vjp
+  def recurrence(xw, kernel, c0, h0):
+    (c, h), hs = _lstm_run(xw, kernel, c0, h0, dtype, unroll, keep=False)
+    return hs, (c, h)
+
+  def fwd(xw, kernel, c0, h0):
+    (c, h), (hs, cs, acts) = _lstm_run(xw, kernel, c0, h0, dtype, unroll, keep=True)
+    return (hs, (c, h)), (hs, cs, acts, kernel, c0, h0, jnp.zeros((), xw.dtype))
+
+  def bwd(res, cotangents):
+    hs, cs, acts, kernel, c0, h0, xw_zero = res
+    dhs, (dc_last, dh_last) = cotangents
+    c_prev = jnp.concatenate([c0[None], cs[:-1]])  # c_{t-1} (T, D, B, H)
+    kernel_t = jnp.swapaxes(kernel, 1, 2)  # (D, 4 H, H)
+
+    def step(carry, inputs):
+      dc_next, dh_next = carry
+      dh_out, c, cp, a = inputs
+      i, f, g, o = jnp.split(a, 4, axis=-1)
+      dh = dh_out.astype(jnp.float32) + dh_next
+      tc = jnp.tanh(c)
+      dc = dc_next + dh * o * (1.0 - tc * tc)
+      dz = jnp.concatenate(
+        [dc * g * i * (1.0 - i), dc * cp * f * (1.0 - f), dc * i * (1.0 - g * g), dh * tc * o * (1.0 - o)],
+        axis=-1,
+      )  # (D, B, 4 H): the gradient of the gates' pre-activations
+      return (dc * f, _matmul(dz, kernel_t, dtype)), dz
+
+    inputs = (dhs, cs, c_prev, acts)
+    (dc0, dh0), dzs = jax.lax.scan(step, (dc_last, dh_last), inputs, reverse=True, unroll=unroll)
+    h_prev = jnp.concatenate([h0[None], hs[:-1]])  # h_{t-1} (T, D, B, H)
+    dkernel = jnp.einsum(
+      "tdbh,tdbg->dhg", h_prev.astype(dtype), dzs.astype(dtype), preferred_element_type=jnp.float32
+    )
+    return dzs.astype(xw_zero.dtype), dkernel.astype(kernel.dtype), dc0, dh0
+
+  recurrence.defvjp(fwd, bwd)
+  return recurrence
+
+
 def zero_carry(cell: str, directions: int, batch_size: int, hidden_size: int) -> Carry:
   """The zero initial state of one layer (float32): h, or (c, h) for the LSTM, each (D, B, H)."""
   h = jnp.zeros((directions, batch_size, hidden_size), jnp.float32)
@@ -192,7 +269,13 @@ class Recurrence(nn.Module):
       return new, [o.astype(self.dtype) for o in out]
 
     carry = zero_carry(self.cell, d, b, h) if initial_carry is None else initial_carry
-    carry, ys = jax.lax.scan(masked_step, carry, (xs, masks), unroll=self.unroll)  # D of (T, B, H)
+    if self.cell == "lstm" and mask is None and self.hoist_input:  # The LSTM with its own backward pass.
+      hs, carry = lstm_recurrence(
+        jnp.stack(xs, 1), kernel.astype(self.dtype), *carry, self.dtype, self.unroll
+      )
+      ys = [hs[:, j].astype(self.dtype) for j in range(d)]  # D of (T, B, H)
+    else:
+      carry, ys = jax.lax.scan(masked_step, carry, (xs, masks), unroll=self.unroll)  # D of (T, B, H)
     if d == 2:
       ys[1] = jnp.flip(ys[1], 0)
     return jnp.concatenate(ys, axis=-1).transpose(1, 0, 2), carry  # (B, T, D H)
@@ -387,6 +470,7 @@ class CharLM(nn.Module):
   dropout: float = 0.0
   forget_bias: float = 1.0
   reset_after: bool = True
+  unroll: int = 1
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -406,6 +490,7 @@ class CharLM(nn.Module):
       self.dropout,
       self.forget_bias,
       self.reset_after,
+      unroll=self.unroll,
       **kw,
     )
     self.drop = nn.Dropout(self.dropout)
