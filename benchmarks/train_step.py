@@ -124,15 +124,15 @@ def _cost_flops(compiled) -> float | None:
   return None if flops is None or flops <= 0 else float(flops)
 
 
-def build_single(config) -> dict[str, Any]:
+def build_single(config, dataset=None) -> dict[str, Any]:
   """The run's own train step for `config` (`train_and_evaluate`'s set-up: zoo.train.loop.initial_state and
-  make_step) and its first arguments, for a dataset in memory."""
+  make_step) and its first arguments, for a dataset in memory (`dataset`, default the config's)."""
   from zoo.registry import ZooError
   from zoo.train import loop
   from zoo.train import parallel as parallel_lib
   from zoo.train.state import count_params
 
-  exp = loop.build(config)
+  exp = loop.build(config, dataset)
   cfg, ds = exp.config, exp.dataset
   if exp.streaming:
     raise ZooError(

@@ -10,6 +10,8 @@ import os
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import pytest
 from conftest import REPO
 
@@ -149,3 +151,78 @@ def test_matmul_peak_and_config_overrides():
   parser = argparse.ArgumentParser()
   got = train_step.split_config_overrides(parser, ["--config.seed=3", "--config.data.batch_size", "64"])
   assert got == ["seed=3", "data.batch_size=64"]
+
+
+# benchmarks/speed.py: the six reference workloads against PyTorch.
+sys.path.insert(0, str(REPO))
+from benchmarks import speed  # noqa: E402
+
+
+def test_matmul_flops_counts_forward_backward_and_scans():
+  b, i, h, k = 8, 12, 16, 5
+
+  def loss(params, x):
+    return jnp.sum(jnp.tanh(x @ params["w1"]) @ params["w2"])
+
+  params = {"w1": jnp.ones((i, h)), "w2": jnp.ones((h, k))}
+  jaxpr = jax.make_jaxpr(jax.grad(loss))(params, jnp.ones((b, i))).jaxpr
+  # forward: both matmuls; backward: both weight gradients and the hidden layer's input gradient (not x's)
+  assert (
+    speed.matmul_flops(jaxpr) == 2 * (b * i * h + b * h * k) + 2 * (b * i * h + b * h * k) + 2 * b * h * k
+  )
+
+  def rnn(w, h0):
+    return jax.lax.scan(lambda c, _: (jnp.tanh(c @ w), None), h0, None, length=7)[0]
+
+  jaxpr = jax.make_jaxpr(rnn)(jnp.ones((h, h)), jnp.ones((b, h))).jaxpr
+  assert speed.matmul_flops(jaxpr) == 7 * 2 * b * h * h
+
+  conv = lambda x, w: jax.lax.conv_general_dilated(
+    x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
+  jaxpr = jax.make_jaxpr(conv)(jnp.ones((2, 6, 6, 3)), jnp.ones((3, 3, 3, 4))).jaxpr
+  assert speed.matmul_flops(jaxpr) == 2 * (2 * 6 * 6 * 4) * (3 * 3 * 3)
+
+
+def _zoo_params(name: str) -> int:
+  from zoo.models import create_model
+  from zoo.train.state import count_params
+
+  w = speed.WORKLOADS[name]
+  extra = {"vocab_size": len(speed.VOCAB)} if w.seq_len else {"num_classes": w.num_classes}
+  example = jnp.zeros((1, w.seq_len), jnp.int32) if w.seq_len else jnp.zeros((1, *w.input_shape))
+  model = create_model(w.model, **w.kwargs, **extra)
+  return count_params(jax.eval_shape(model.init, jax.random.key(0), example)["params"])
+
+
+def test_speed_workloads_are_the_specified_networks():
+  # MLP 784-1024-1024-10; the Flax examples' CNN (conv 32, conv 64, dense 256, dense 10, avg-pools); the
+  # CIFAR ResNet-18 (11.17M); ViT 192 wide, 6 deep; char LSTM 128 -> 512 (one bias per gate); GPT 6 x 384
+  # with 256 positions and tied embeddings (12 D^2 + 13 D per block).
+  d = 384
+  expected = {
+    "mlp": 784 * 1024 + 1024 + 1024 * 1024 + 1024 + 1024 * 10 + 10,
+    "cnn": 320 + 18_496 + 3136 * 256 + 256 + 2570,
+    "resnet18": 11_173_962,
+    "vit": 192 * 48 + 192 + 192 + 65 * 192 + 6 * (12 * 192**2 + 13 * 192) + 2 * 192 + 1930,
+    "lstm": 65 * 128 + 4 * 512 * (128 + 512) + 4 * 512 + 512 * 65 + 65,
+    "gpt": 65 * d + 256 * d + 6 * (12 * d * d + 13 * d) + 2 * d,
+  }
+  assert {name: _zoo_params(name) for name in speed.WORKLOADS} == expected
+
+
+def test_speed_benchmark_runs_the_zoo_side():
+  r = run_json("speed.py", "--workloads", "mlp", "--steps", "2", "--rounds", "1", "--no-torch")
+  assert r["cores"] >= 1 and r["matmul_peak_gflops"] > 0
+
+
+@pytest.mark.parametrize("name", sorted(speed.WORKLOADS))
+def test_pytorch_workloads_have_the_zoos_parameter_counts(name):
+  pytest.importorskip("torch")  # the [bench] extra
+  from benchmarks import torch_models
+
+  model, x, y = torch_models.build(name, speed.WORKLOADS[name])
+  params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+  assert params == _zoo_params(name)
+  logits = model(x)
+  assert logits.shape[-1] == (65 if speed.WORKLOADS[name].seq_len else 10)

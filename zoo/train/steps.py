@@ -213,6 +213,7 @@ def compile_step(
       return jitted["fn"](state, *args)
 
     compiled.lower = lambda *args: jit(traced).lower(*args)
+    compiled.trace = lambda *args: jit(traced).trace(*args)  # its jaxpr, e.g. to count FLOPs
   else:
     compiled = jit(traced)
   compiled.traces = lambda: len(traces)
