@@ -46,6 +46,11 @@ COVERED_BY_A_SIBLING = {
   "fashion_mnist_efficientnet": "cifar10_efficientnet",
   "cifar100_resnet18": "cifar10_resnet18",
   "cifar100_wrn28_10": "cifar10_wrn28_10",
+  "fashion_mnist_resnet18": "cifar10_resnet18",
+  "cifar10_mixer": "fashion_mnist_mixer",
+  "fashion_mnist_densenet": "cifar10_densenet_bc100",
+  "imagenet_resnet50": "tests/test_image_folder.py's imagenet_resnet50 run",
+  "imagenet_vit_b16": "cifar10_vit",
 }
 
 

@@ -126,7 +126,8 @@ def test_every_family_has_a_small_variant():
 
 # EfficientNet's full tests take ~60 s here (its eager applies dispatch every depthwise slice op by op); its
 # config smoke tests and tests/test_efficientnet.py cover it in the default suite, `-m benchmark` adds these.
-SLOW_CASES = {"efficientnet_tiny"}
+# The hybrid ViT (~18 s) and RegNet (~14 s) likewise: tests/test_vit.py and tests/test_regnet.py train them.
+SLOW_CASES = {"efficientnet_tiny", "vit_hybrid_tiny", "regnet_tiny"}
 PARAMS = [
   pytest.param(case, marks=pytest.mark.benchmark) if case[0] in SLOW_CASES and not case[1] else case
   for case in CASES

@@ -29,6 +29,9 @@ def test_quickstart_notebook_executes(tmp_path, monkeypatch):
   assert "'accuracy'" in outputs
 
 
+# ~38 s (13 whole runs); tests/test_optim.py trains every optimiser and the quickstart notebook test runs a
+# notebook end to end by default.
+@pytest.mark.benchmark
 def test_optimizers_notebook_trains_with_every_optimizer_and_plots_every_schedule(tmp_path, monkeypatch):
   from zoo import list_optimizers, list_schedules
 
