@@ -20,7 +20,8 @@ torch.optim.AdamW's default). With the `[bench]` extra installed (PyTorch), the 
 PyTorch here, its trainable parameter count asserted equal to the zoo's, and its step (zero_grad,
 forward, cross-entropy, backward, AdamW with foreach) timed in eager mode and under `torch.compile` (the
 model and the optimiser step compiled). The frameworks alternate in one process: each of `--rounds`
-rounds times `--steps` steps of each, after warm-up steps; medians over rounds are reported.
+rounds times `--steps` steps of each, after two untimed alternating rounds (the process's heap grows, with
+page faults, until both have run side by side); medians over rounds are reported.
 
 Printed per workload: ms/step, examples/s (sequences/s for the language models), GFLOP/s and the share of
 the machine's matmul peak (`train_step.measure_matmul_peak`, measured here at the start), where the
@@ -37,6 +38,7 @@ import json
 import math
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -171,16 +173,19 @@ def zoo_runner(built: dict[str, Any]):
 
 
 def _median_times(runners: dict[str, Any], steps: int, rounds: int, warmup: int) -> dict[str, float]:
-  """Median seconds per step of each runner, the runners alternating within every round."""
-  for run in runners.values():
-    run(warmup)
+  """Median seconds per step of each runner, the runners alternating within every round, after `warmup`
+  untimed alternating rounds: the frameworks share the process's heap, which grows (page faults) until
+  both have run a few times side by side."""
   times: dict[str, list[float]] = {name: [] for name in runners}
-  for _ in range(rounds):
+  faults: dict[str, list[float]] = {name: [] for name in runners}
+  for r in range(warmup + rounds):
     for name, run in runners.items():
-      start = time.perf_counter()
+      start, minflt = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
       run(steps)
-      times[name].append((time.perf_counter() - start) / steps)
-  return {name: statistics.median(t) for name, t in times.items()}
+      if r >= warmup:
+        times[name].append((time.perf_counter() - start) / steps)
+        faults[name].append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - minflt) / steps)
+  return {name: (statistics.median(times[name]), statistics.median(faults[name])) for name in runners}
 
 
 def run_workload(
@@ -203,7 +208,7 @@ def run_workload(
           f"{name}: PyTorch's model has {torch_params:,} trainable parameters, the zoo's {params:,}"
         )
       runners[f"torch_{mode}"] = runner
-  per_step = _median_times(runners, steps, rounds, warmup=3)
+  per_step = _median_times(runners, steps, rounds, warmup=2)
   examples = w.batch_size
   result: dict[str, Any] = {
     "workload": name,
@@ -211,13 +216,13 @@ def run_workload(
     "batch_size": w.batch_size,
     "gflop": flops / 1e9,
   }
-  for fw, t in per_step.items():
+  for fw, (t, faults) in per_step.items():
     result[fw] = {
       "ms_per_step": 1e3 * t, "examples_per_sec": examples / t, "gflops": flops / t / 1e9,
-      "peak_share": flops / t / peak,
+      "peak_share": flops / t / peak, "page_faults_per_step": faults,
     }  # fmt: skip
-  torch_times = [per_step[k] for k in per_step if k.startswith("torch_")]
-  result["zoo_over_best_torch"] = per_step["zoo"] / min(torch_times) if torch_times else None
+  torch_times = [per_step[k][0] for k in per_step if k.startswith("torch_")]
+  result["zoo_over_best_torch"] = per_step["zoo"][0] / min(torch_times) if torch_times else None
   return result
 
 
@@ -235,7 +240,7 @@ def print_table(results: list[dict[str, Any]], peak: float) -> None:
       print(
         f"{r['workload'] if i == 0 else '':9s} {fw:14s} {m['ms_per_step']:9.2f} "
         f"{m['examples_per_sec']:11.0f} "
-        f"{m['gflops']:8.1f} {100 * m['peak_share']:7.1f} {ratio}"
+        f"{m['gflops']:8.1f} {100 * m['peak_share']:7.1f} {m['page_faults_per_step']:11.0f} {ratio}"
       )
 
 
@@ -256,7 +261,6 @@ def main() -> int:
     parser.error(f"unknown workload(s) {unknown}; known: {', '.join(WORKLOADS)}")
   if args.steps < 1 or args.rounds < 1:
     parser.error("--steps and --rounds must be at least 1")
-  os.environ.setdefault("ZOO_NO_COMPILATION_CACHE", "1")
   torch_modes: tuple[str, ...] = ()
   if not args.no_torch:
     try:

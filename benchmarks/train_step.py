@@ -78,7 +78,7 @@ def published_peak_flops(device_kind: str, dtype: str) -> float | None:
   return None
 
 
-def measure_matmul_peak(size: int = 2048, repeats: int = 10, devices: list | None = None) -> float:
+def measure_matmul_peak(size: int = 2048, repeats: int = 30, devices: list | None = None) -> float:
   """The float32 matmul rate in FLOP/s of `devices` (default: every local device) together: the best of
   `repeats` timings of a jitted (size x size) @ (size x size) product on each device at once.
 
@@ -93,7 +93,8 @@ def measure_matmul_peak(size: int = 2048, repeats: int = 10, devices: list | Non
     for _ in range(2)
   )
   matmul = jax.jit(jnp.matmul, out_shardings=sharding)  # batched over the devices: no communication
-  jax.block_until_ready(matmul(a, b))  # compile and warm up
+  for _ in range(3):  # compile and warm up (the first calls page in their output buffers)
+    jax.block_until_ready(matmul(a, b))
   best = float("inf")
   for _ in range(repeats):
     start = time.perf_counter()
