@@ -92,7 +92,7 @@ WORKLOADS: dict[str, Workload] = {
 }
 
 
-def _dataset(w: Workload, n: int):
+def dataset(w: Workload, n: int):
   """`n` random examples of the workload's shape (train and test alike)."""
   from zoo.data.datasets import Dataset
 
@@ -124,7 +124,7 @@ def build_zoo(w: Workload) -> dict[str, Any]:
   """The zoo's step for workload `w` and its arguments (benchmarks/train_step.build_single on random data)."""
   from benchmarks.train_step import build_single
 
-  return build_single(zoo_config(w), _dataset(w, 4 * w.batch_size))
+  return build_single(zoo_config(w), dataset(w, 4 * w.batch_size))
 
 
 def _prod(xs) -> int:
@@ -172,10 +172,12 @@ def zoo_runner(built: dict[str, Any]):
   return steps
 
 
-def _median_times(runners: dict[str, Any], steps: int, rounds: int, warmup: int) -> dict[str, float]:
-  """Median seconds per step of each runner, the runners alternating within every round, after `warmup`
-  untimed alternating rounds: the frameworks share the process's heap, which grows (page faults) until
-  both have run a few times side by side."""
+def _median_times(
+  runners: dict[str, Any], steps: int, rounds: int, warmup: int
+) -> dict[str, tuple[float, float]]:
+  """(median seconds, median page faults) per step of each runner, the runners alternating within every
+  round, after `warmup` untimed alternating rounds: the frameworks share the process's heap, which grows
+  (page faults) until both have run a few times side by side."""
   times: dict[str, list[float]] = {name: [] for name in runners}
   faults: dict[str, list[float]] = {name: [] for name in runners}
   for r in range(warmup + rounds):
@@ -231,7 +233,7 @@ def print_table(results: list[dict[str, Any]], peak: float) -> None:
   head = (
     f"{'workload':9s} {'framework':14s} {'ms/step':>9s} {'examples/s':>11s} {'GFLOP/s':>8s} {'% peak':>7s}"
   )
-  print(head + f" {'zoo / best torch':>17s}")
+  print(head + f" {'faults/step':>11s} {'zoo / best torch':>17s}")
   for r in results:
     frameworks = [k for k in r if isinstance(r[k], dict)]
     for i, fw in enumerate(frameworks):

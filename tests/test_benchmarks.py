@@ -211,9 +211,28 @@ def test_speed_workloads_are_the_specified_networks():
   assert {name: _zoo_params(name) for name in speed.WORKLOADS} == expected
 
 
-def test_speed_benchmark_runs_the_zoo_side():
-  r = run_json("speed.py", "--workloads", "mlp", "--steps", "2", "--rounds", "1", "--no-torch")
-  assert r["cores"] >= 1 and r["matmul_peak_gflops"] > 0
+def test_speed_benchmark_runs_the_zoo_side(tmp_path):
+  out = tmp_path / "speed.json"
+  machine = run_json(
+    "speed.py", "--workloads", "mlp", "--steps", "2", "--rounds", "1", "--no-torch", "--json", str(out)
+  )
+  assert machine["cores"] >= 1 and machine["matmul_peak_gflops"] > 0
+  (r,) = json.loads(out.read_text())["results"]
+  # The MLP step's matmuls: forward and weight gradients of the three layers, input gradients of the top two.
+  layers = 784 * 1024 + 1024 * 1024 + 1024 * 10
+  assert r["gflop"] * 1e9 == 2 * 256 * (2 * layers + 1024 * 1024 + 1024 * 10)
+  assert_positive(r["zoo"], ["ms_per_step", "examples_per_sec", "gflops", "peak_share"])
+  assert r["zoo_over_best_torch"] is None  # no PyTorch side was asked for
+
+
+def test_profile_step_lists_the_steps_kernels():
+  done = subprocess.run(
+    [sys.executable, str(REPO / "benchmarks" / "profile_step.py"), "mlp", "--steps", "1", "--top", "50"],
+    cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True, timeout=300,
+  )  # fmt: skip
+  assert done.returncode == 0, done.stderr[-3000:]
+  rows = [line.split() for line in done.stdout.splitlines()[1:]]
+  assert any(op.startswith(("ynn_fusion", "dot")) and float(ms) > 0 for ms, _, op, *_ in rows), done.stdout
 
 
 @pytest.mark.parametrize("name", sorted(speed.WORKLOADS))
