@@ -7,6 +7,7 @@ _platform.enable_compilation_cache()
 
 from zoo.config import Config, apply_overrides, get_config, list_configs  # noqa: E402
 from zoo.data import Dataset, list_datasets, load_dataset  # noqa: E402
+from zoo.interop import export_run, import_to_workdir, load, load_exported, load_pytorch_weights  # noqa: E402
 from zoo.models import create_model, list_models, register_model  # noqa: E402
 from zoo.optim import create_optimizer, create_schedule, list_optimizers, list_schedules  # noqa: E402
 from zoo.platform import initialize_distributed, select_accelerator  # noqa: E402
@@ -31,7 +32,9 @@ __all__ = [
   "create_optimizer",
   "create_schedule",
   "create_task",
+  "export_run",
   "find_lr",
+  "import_to_workdir",
   "get_config",
   "list_configs",
   "list_datasets",
@@ -39,7 +42,10 @@ __all__ = [
   "list_optimizers",
   "list_schedules",
   "list_tasks",
+  "load",
   "load_dataset",
+  "load_exported",
+  "load_pytorch_weights",
   "register_model",
   "initialize_distributed",
   "select_accelerator",

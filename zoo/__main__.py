@@ -3,6 +3,9 @@
 shapes, parameters and FLOPs.
 `python -m zoo sample --workdir DIR [--prompt TEXT] [--length N] ...`: text from a trained language model.
 `python -m zoo score-samples --samples FILE --classifier DIR`: a GAN's samples scored by a classifier.
+`python -m zoo export --workdir DIR [--out DIR]`: a trained model as serialized StableHLO plus its variables.
+`python -m zoo predict --workdir DIR FILES... [--text TEXT]`: a trained model's predictions (images, text).
+`python -m zoo import-weights MODEL WEIGHTS_FILE --workdir DIR`: PyTorch weights as a run directory.
 """
 
 from __future__ import annotations
@@ -122,6 +125,76 @@ def cmd_score_samples(args: argparse.Namespace) -> int:
   return 0
 
 
+EXPORT_HELP = """Writes the model of the run in --workdir (the newest checkpoint, or --step) into --out
+(default DIR/export): model.stablehlo, jax.export's serialization of the run's input normalisation and its
+model in eval mode, with a symbolic batch size; variables.npz; manifest.json with both files' sha256, the
+input and output shapes and the preprocessing. zoo.interop.export.load_exported(DIR/export) loads it back,
+checking the sums, and runs it: the model's Python code is not needed."""
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+  from zoo.interop.export import MODEL_FILE, export_run, load_exported
+  from zoo.registry import ZooError
+
+  shape = None
+  if args.input_shape:
+    try:
+      shape = tuple(int(n) for n in args.input_shape.replace("x", ",").split(","))
+    except ValueError:
+      raise ZooError(f"--input-shape takes sizes like 28,28,1; got {args.input_shape!r}") from None
+  platforms = args.platforms.split(",") if args.platforms else None
+  out = export_run(
+    args.workdir, args.out, step=args.step, input_shape=shape, batch_size=args.batch_size, platforms=platforms
+  )
+  manifest = load_exported(out).manifest
+  inputs, outputs = manifest["input"], manifest["outputs"]
+  shapes = ", ".join(f"({', '.join(map(str, o['shape']))}) {o['dtype']}" for o in outputs)
+  print(
+    f"wrote {out}: {manifest['model']} (step {manifest['step']}) for {', '.join(manifest['platforms'])}, "
+    f"({', '.join(map(str, inputs['shape']))}) {inputs['dtype']} -> {shapes}; "
+    f"{MODEL_FILE} {manifest['files'][MODEL_FILE]['bytes']:,} bytes"
+  )
+  return 0
+
+
+PREDICT_HELP = """Prints the predictions of the model trained in --workdir, one tab-separated line per input
+after a header: for classifiers the label and its probability; for language models the most likely next
+character, its probability and a greedy continuation of --length characters. Inputs are read as the run
+trained on them: image files (PNG, JPEG, ...) for image models (an image-folder or imported run's images
+resized and centre-cropped as its evaluation images; other runs' must have the training images' size),
+.npy arrays or .csv rows of features, and for text models each non-blank line of a text file, or --text."""
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+  from zoo.interop.predict import format_predictions, load
+  from zoo.registry import ZooError
+
+  predictor = load(args.workdir, step=args.step, length=args.length)
+  names, inputs = predictor.read_files(args.files)
+  for i, text in enumerate(args.text or []):
+    names.append(f"--text {i + 1}")
+    inputs.append(text)
+  if not inputs:
+    raise ZooError("nothing to predict: name input files (or --text TEXT for a text model)")
+  print(format_predictions(names, predictor(inputs)))
+  return 0
+
+
+IMPORT_HELP = """Converts PyTorch weights (a torchvision or timm state dict, .safetensors or .pth) of a zoo
+model into a run directory --workdir (new or empty): config.json, model.json (the model's kwargs, the input
+normalisation's mean and std) and checkpoints/0, which `python -m zoo predict`, `python -m zoo export` and
+zoo.train.restore.load_run read as a trained run's. `python -m zoo list models` names the models; the
+importable ones have a converter (zoo.interop.list_importable())."""
+
+
+def cmd_import_weights(args: argparse.Namespace) -> int:
+  from zoo.interop.workdir import import_to_workdir
+
+  workdir = import_to_workdir(args.model, args.weights, args.workdir, normalization=args.normalization)
+  print(f"wrote {workdir}: {args.model} from {args.weights} (normalisation {args.normalization})")
+  return 0
+
+
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m zoo", description=__doc__)
   sub = parser.add_subparsers(dest="command", required=True)
@@ -166,6 +239,43 @@ def main(argv: list[str] | None = None) -> int:
   p_score.add_argument("--threshold", type=float, default=0.9, metavar="P", help="confidence threshold (0.9)")
   p_score.add_argument("--out", help="the JSON to write (default: sample_score.json beside --samples)")
   p_score.set_defaults(func=cmd_score_samples)
+  raw = argparse.RawDescriptionHelpFormatter
+  p_export = sub.add_parser(
+    "export",
+    help="a trained model as serialized StableHLO + variables",
+    description=EXPORT_HELP,
+    formatter_class=raw,
+  )
+  p_export.add_argument("--workdir", required=True, help="the run's directory (train.py's --workdir)")
+  p_export.add_argument("--out", help="the directory to write (default: WORKDIR/export)")
+  p_export.add_argument("--step", type=int, help="the checkpoint's step (default: the newest)")
+  p_export.add_argument(
+    "--input-shape", help="one example's shape, e.g. 28,28,1 (default: the training data's)"
+  )
+  p_export.add_argument("--batch-size", type=int, metavar="N", help="a fixed batch size (default: symbolic)")
+  p_export.add_argument("--platforms", help="comma-separated, e.g. cpu,cuda (default: this machine's)")
+  p_export.set_defaults(func=cmd_export)
+  p_predict = sub.add_parser(
+    "predict", help="a trained model's predictions for files", description=PREDICT_HELP, formatter_class=raw
+  )
+  p_predict.add_argument("--workdir", required=True, help="the run's directory (train.py's --workdir)")
+  p_predict.add_argument("files", nargs="*", metavar="FILES", help="images, .npy, .csv, or text files")
+  p_predict.add_argument("--text", action="append", metavar="TEXT", help="a text to predict for (repeatable)")
+  p_predict.add_argument("--length", type=int, default=20, metavar="N", help="continuation length (20)")
+  p_predict.add_argument("--step", type=int, help="the checkpoint's step (default: the newest)")
+  p_predict.set_defaults(func=cmd_predict)
+  p_import = sub.add_parser(
+    "import-weights", help="PyTorch weights as a run directory", description=IMPORT_HELP, formatter_class=raw
+  )
+  p_import.add_argument("model", help="the zoo model the weights are for, e.g. resnet50")
+  p_import.add_argument("weights", metavar="WEIGHTS_FILE", help="a .safetensors or .pth state dict")
+  p_import.add_argument("--workdir", required=True, help="the run directory to write (new or empty)")
+  p_import.add_argument(
+    "--normalization",
+    default="imagenet",
+    help="imagenet (default), inception, scale or none: as the weights trained",
+  )
+  p_import.set_defaults(func=cmd_import_weights)
   args = parser.parse_args(argv)
   from zoo.registry import ZooError
 

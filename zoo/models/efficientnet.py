@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, Literal, get_args
 
 import flax.linen as nn
 import jax
@@ -13,7 +13,12 @@ import jax.numpy as jnp
 
 from zoo.models import register_model
 from zoo.models.blocks import DepthwiseConv, DropPath, SqueezeExcite
+from zoo.models.layers import check_choice
 from zoo.registry import ZooError
+
+# How a strided kxk convolution pads: 'same' is TensorFlow's SAME (the odd pixel after), as the reference;
+# 'symmetric' PyTorch's k//2 on every side, as timm's `efficientnet_b*` and torchvision's models.
+Padding = Literal["same", "symmetric"]
 
 # One stage of the base network (the paper's Table 1, B0): (expand ratio, kernel, stride of its first
 # block, output channels, repeats). Stages 3, 5 and 6 use 5x5 kernels.
@@ -37,9 +42,18 @@ depthwise_init = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
 dense_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_out", "uniform")
 
 
-def _batch_norm(train: bool, **kw: Any) -> nn.BatchNorm:
+# The TF reference's BatchNorm epsilon (PyTorch's default, 1e-5, is what timm's and torchvision's use).
+TF_BN_EPSILON = 1e-3
+
+
+def _batch_norm(train: bool, epsilon: float, **kw: Any) -> nn.BatchNorm:
   # The TF reference's BatchNorm: Keras's momentum 0.99 means what Flax's does, the old average's weight.
-  return nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=1e-3, **kw)
+  return nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=epsilon, **kw)
+
+
+def _conv_padding(kernel: int, padding: str) -> str | tuple[tuple[int, int], tuple[int, int]]:
+  """The padding argument of a kxk convolution: lax's 'SAME' or PyTorch's k//2 on both sides."""
+  return "SAME" if padding == "same" else ((kernel // 2, kernel // 2), (kernel // 2, kernel // 2))
 
 
 def round_filters(filters: int, width: float, divisor: int = 8) -> int:
@@ -105,9 +119,12 @@ def block_specs(
 class MBConv(nn.Module):
   """Mobile inverted bottleneck: [Conv 1x1 to e C -> BN -> swish] (only when e > 1) -> depthwise Conv kxk
   stride s -> BN -> swish -> squeeze-excite -> Conv 1x1 to C' -> BN (linear), plus the input through
-  stochastic depth when s = 1 and C = C'. Input (B, H, W, C), output (B, H/s, W/s, C')."""
+  stochastic depth when s = 1 and C = C'. Input (B, H, W, C), output (B, H/s, W/s, C').
+  `padding` and `bn_epsilon` as `EfficientNet`'s."""
 
   spec: BlockSpec
+  padding: Padding = "same"
+  bn_epsilon: float = TF_BN_EPSILON
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -115,27 +132,28 @@ class MBConv(nn.Module):
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     spec = self.spec
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    bn = dict(epsilon=self.bn_epsilon, **kw)
     hidden = spec.in_features * spec.expand_ratio
     y = x
     if spec.expand_ratio != 1:
       y = nn.Conv(hidden, (1, 1), use_bias=False, kernel_init=conv_init, name="expand_conv", **kw)(y)
-      y = nn.silu(_batch_norm(train, name="expand_norm", **kw)(y))  # (B, H, W, eC)
+      y = nn.silu(_batch_norm(train, name="expand_norm", **bn)(y))  # (B, H, W, eC)
     # Depthwise: one kxk filter per channel, as shifted slices (XLA CPU runs grouped convolutions slowly);
     # the same parameter as nn.Conv(feature_group_count=eC), so pretrained kernels load.
     y = DepthwiseConv(
       spec.kernel,
       spec.stride,
-      padding="SAME",
+      padding=_conv_padding(spec.kernel, self.padding),
       kernel_init=depthwise_init,
       name="depthwise_conv",
       **kw,
     )(y)  # (B, H/s, W/s, eC)
-    y = nn.silu(_batch_norm(train, name="depthwise_norm", **kw)(y))
+    y = nn.silu(_batch_norm(train, name="depthwise_norm", **bn)(y))
     y = SqueezeExcite(spec.se_features, activation="swish", name="se", **kw)(y)
     project = nn.Conv(
       spec.out_features, (1, 1), use_bias=False, kernel_init=conv_init, name="project_conv", **kw
     )
-    y = _batch_norm(train, name="project_norm", **kw)(project(y))  # (B, H/s, W/s, C'): linear, no activation
+    y = _batch_norm(train, name="project_norm", **bn)(project(y))  # (B, H/s, W/s, C'): linear, no activation
     if spec.has_skip:
       y = x + DropPath(spec.drop_path)(y, train)
     return y
@@ -147,12 +165,15 @@ class EfficientNet(nn.Module):
 
   Dimensions: B batch, H, W, C image, K classes. Compound scaling as the reference: every width (stem,
   stages, head) is `round_filters(c, width)` and every stage's repeats `round_repeats(r, depth)`; the
-  input resolution is the registered input shape. BatchNorm momentum 0.99 and epsilon 1e-3 as in TF.
+  input resolution is the registered input shape. BatchNorm momentum 0.99 and epsilon `bn_epsilon`, by
+  default TF's 1e-3.
 
-  Padding is TF's 'SAME' (Flax's too), as in the reference whose weights these layouts come from: for
-  a stride-2 convolution on an even input it pads one row/column more at the bottom/right than at the
-  top/left, where PyTorch's symmetric k//2 padding pads both sides equally (timm's `tf_` models emulate
-  TF's). The two give the same shapes at every stride here; pretrained TF weights need TF's.
+  `padding` is by default TF's 'SAME' (Flax's too), as in the reference whose weights these layouts come
+  from: for a stride-2 convolution on an even input it pads one row/column more at the bottom/right than
+  at the top/left, where PyTorch's symmetric k//2 padding ('symmetric') pads both sides equally (timm's
+  `tf_` models emulate TF's). The two give the same shapes at every stride here; pretrained TF weights
+  need 'same', PyTorch-trained ones (timm's `efficientnet_b*`, torchvision's) 'symmetric' with
+  `bn_epsilon=1e-5`, PyTorch's default (zoo.interop.efficientnet picks these for imported weights).
 
   `drop_path_rate` is the reference's drop_connect_rate: stochastic depth on the residual branches, its
   rate growing linearly with the block's index (see `block_specs`). The squeeze-excite layers use Flax's
@@ -169,6 +190,8 @@ class EfficientNet(nn.Module):
   se_ratio: float = 0.25
   dropout: float = 0.2
   drop_path_rate: float = 0.2
+  padding: Padding = "same"
+  bn_epsilon: float = TF_BN_EPSILON
   num_classes: int = 1000
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
@@ -180,6 +203,9 @@ class EfficientNet(nn.Module):
       raise ZooError("efficientnet needs at least one stage")
     if not 0.0 <= self.drop_path_rate < 1.0:
       raise ZooError(f"efficientnet drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+    check_choice(self.padding, get_args(Padding), "efficientnet padding")
+    if not self.bn_epsilon > 0:
+      raise ZooError(f"efficientnet bn_epsilon must be positive, got {self.bn_epsilon}")
     super().__post_init__()
 
   def blocks(self) -> list[BlockSpec]:
@@ -192,15 +218,18 @@ class EfficientNet(nn.Module):
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     conv_kw = dict(use_bias=False, kernel_init=conv_init, **kw)
+    bn = dict(epsilon=self.bn_epsilon, **kw)
     stem = round_filters(self.stem_features, self.width)
-    x = nn.Conv(stem, (3, 3), strides=self.stem_stride, padding="SAME", name="stem_conv", **conv_kw)(x)
-    x = nn.silu(_batch_norm(train, name="stem_norm", **kw)(x))  # (B, H/s, W/s, 32 w)
+    stem_pad = _conv_padding(3, self.padding)
+    x = nn.Conv(stem, (3, 3), strides=self.stem_stride, padding=stem_pad, name="stem_conv", **conv_kw)(x)
+    x = nn.silu(_batch_norm(train, name="stem_norm", **bn)(x))  # (B, H/s, W/s, 32 w)
+    block_kw = dict(padding=self.padding, bn_epsilon=self.bn_epsilon, **kw)
     for spec in self.blocks():
-      block = MBConv(spec, name=f"stage{spec.stage}_block{spec.index}", **kw)
+      block = MBConv(spec, name=f"stage{spec.stage}_block{spec.index}", **block_kw)
       x = block(x, train=train)  # (B, h, w, c)
     head = round_filters(self.head_features, self.width)
     x = nn.Conv(head, (1, 1), name="head_conv", **conv_kw)(x)  # (B, h, w, 1280 w)
-    x = jnp.mean(nn.silu(_batch_norm(train, name="head_norm", **kw)(x)), axis=(1, 2))  # (B, 1280 w)
+    x = jnp.mean(nn.silu(_batch_norm(train, name="head_norm", **bn)(x)), axis=(1, 2))  # (B, 1280 w)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     logits = nn.Dense(
       self.num_classes,
