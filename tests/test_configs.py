@@ -51,6 +51,8 @@ COVERED_BY_A_SIBLING = {
   "fashion_mnist_densenet": "cifar10_densenet_bc100",
   "imagenet_resnet50": "tests/test_image_folder.py's imagenet_resnet50 run",
   "imagenet_vit_b16": "cifar10_vit",
+  "fashion_mnist_vit": "cifar10_vit (the ViT), fashion_mnist_cnn (the data)",
+  "cifar10_wrn28_10": "cifar10_resnet18 (tests/test_resnet.py covers the widening)",
 }
 
 
