@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
   for noisy in ("absl", "jax._src", "orbax"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
   import zoo
+  from zoo.train.loop import TrainingInterrupted
 
   try:
     zoo.initialize_distributed(args.coordinator, args.num_processes, args.process_id, auto=args.distributed)
@@ -135,7 +136,10 @@ def main(argv: list[str] | None = None) -> int:
       sys.stderr.flush()
       os._exit(2)
     return 2
-  except KeyboardInterrupt:
+  except TrainingInterrupted as e:  # SIGTERM or SIGINT in the training loop, after a checkpoint of its step.
+    print(e, file=sys.stderr)
+    return e.exit_code
+  except KeyboardInterrupt:  # Ctrl-C before the loop started (or in another trainer).
     resume = "" if args.find_lr else "; rerun the same command to resume from the last checkpoint"
     print(f"interrupted{resume}", file=sys.stderr)
     return 130

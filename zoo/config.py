@@ -4,17 +4,20 @@ A config file is `configs/<name>.py` with `get_config(smoke: bool = False) -> Co
 starts with the command that runs it and the result it reaches; `smoke=True` shrinks it for tests.
 
 Overrides use one syntax everywhere: `section.key=value` (on the command line `--config.section.key=value`).
-Values are Python literals (`3e-4`, `(256, 128)`, `True`, `None`, `'relu'`; bare words are strings) and are
-checked against the declared type of the key. Keys under a `kwargs` dict are passed to the named
-model/optimiser/schedule/dataset, which checks them against its own signature.
+Values are Python literals (`3e-4`, `(256, 128)`, `True`, `None`, `'relu'`; bare words are strings; text that
+opens with a bracket or a quote must be a whole literal) and are checked against the declared type of the
+key. Keys under a `kwargs` dict are passed to the named model/optimiser/schedule/dataset, which checks them
+against its own signature. A config file's values are checked the same way when it is loaded.
 """
 
 from __future__ import annotations
 
 import ast
+import collections.abc
 import dataclasses
 import importlib.util
 import json
+import math
 import os
 import types
 import typing
@@ -184,16 +187,22 @@ def to_dict(config: Config) -> dict[str, Any]:
   return dataclasses.asdict(config)
 
 
-def from_dict(d: dict[str, Any], cls: type = Config) -> Any:
-  """Inverse of `to_dict`; unknown keys raise ZooError."""
+def from_dict(d: dict[str, Any], cls: type = Config, prefix: str = "") -> Any:
+  """Inverse of `to_dict`; unknown keys and values of the wrong type raise ZooError naming the key."""
+  if not isinstance(d, dict):
+    where = f"config key {prefix[:-1]!r}" if prefix else "a config"
+    raise ZooError(f"{where} must be a mapping of keys to values, got {_short(d)} ({type(d).__name__})")
   hints = typing.get_type_hints(cls)
   names = {f.name for f in dataclasses.fields(cls)}
   kwargs = {}
   for key, value in d.items():
     if key not in names:
-      raise ZooError(_unknown_key_message(key, sorted(names)))
+      raise ZooError(_unknown_key_message(prefix + str(key), [prefix + n for n in sorted(names)]))
     sub = hints[key]
-    kwargs[key] = from_dict(value, sub) if dataclasses.is_dataclass(sub) else _to_python(value)
+    if dataclasses.is_dataclass(sub):
+      kwargs[key] = from_dict(value, sub, f"{prefix}{key}.")
+    else:
+      kwargs[key] = check_type(_to_python(value), sub, prefix + key)
   return cls(**kwargs)
 
 
@@ -202,6 +211,34 @@ def _to_python(value: Any) -> Any:
   if isinstance(value, dict):
     return {k: _to_python(v) for k, v in value.items()}
   return tuple(_to_python(v) for v in value) if isinstance(value, list) else value
+
+
+def check_config(config: Config, where: str = "the config") -> Config:
+  """Checks (and converts, as `check_type` does) every value of `config` against its key's type, and that
+  no section holds an attribute that is not a key (`config.optimizer.learnig_rate = 0.1` in a config file
+  would otherwise be ignored). Raises ZooError naming the key."""
+  _check_section(config, "", where)
+  return config
+
+
+def _check_section(obj: Any, prefix: str, where: str) -> None:
+  hints = typing.get_type_hints(type(obj))
+  fields = [f.name for f in dataclasses.fields(obj)]
+  for name in vars(obj):
+    if name not in fields:
+      message = _unknown_key_message(prefix + name, [prefix + f for f in fields])
+      raise ZooError(f"{where} sets {prefix + name!r}, which is not a config key: {message}")
+  for name in fields:
+    value = getattr(obj, name)
+    if dataclasses.is_dataclass(hints[name]):
+      if not isinstance(value, hints[name]):
+        raise ZooError(f"{where}: config key {prefix + name!r} must be a {hints[name].__name__} section")
+      _check_section(value, f"{prefix}{name}.", where)
+      continue
+    try:
+      setattr(obj, name, check_type(value, hints[name], prefix + name))
+    except ZooError as e:
+      raise ZooError(f"{where}: {e}") from None
 
 
 def to_json(config: Config) -> str:
@@ -218,28 +255,53 @@ def parse_sweep(text: str) -> dict[str, tuple[Any, ...]]:
   parts = [v.strip() for v in values.split(",") if v.strip()]
   if not sep or not key.strip() or not parts:
     raise ZooError(f"--sweep {text!r}: expected KEY=V1,V2,... (e.g. optimizer.learning_rate=1e-4,3e-4,1e-3)")
-  return {key.strip(): tuple(parse_value(v) for v in parts)}
+  return {key.strip(): tuple(parse_value(v, key.strip()) for v in parts)}
 
 
-def parse_value(text: str) -> Any:
-  """A Python literal, or the text itself when it is not one (`relu` -> 'relu')."""
+# Text that opens like a Python literal must be one: `(256, 128` or `'relu` is a typo, not a string.
+_LITERAL_OPENERS = ("(", "[", "{", "'", '"')
+
+
+def parse_value(text: str, key: str | None = None) -> Any:
+  """A Python literal, or the text itself when it is not one (`relu` -> 'relu').
+
+  Text that starts with a bracket or a quote but is no literal (`(256, 128`, `'relu`) raises ZooError
+  (naming `key` when given) rather than passing as a string; quote such a string: `'[ab]*'`.
+  """
   try:
     return ast.literal_eval(text)
-  except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-    return text
+  except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as e:
+    if not text.strip().startswith(_LITERAL_OPENERS):
+      return text
+    what = f"config key {key!r}: " if key is not None else ""
+    why = "nested too deeply" if isinstance(e, (MemoryError, RecursionError)) else f"{type(e).__name__}: {e}"
+    raise ZooError(
+      f"{what}{_short(text)} is not a valid Python literal ({why}); a string that starts with a bracket or "
+      "a quote must itself be quoted, e.g. '[ab]*'"
+    ) from None
 
 
 def check_type(value: Any, annotation: Any, key: str) -> Any:
-  """Returns `value` converted to `annotation` (int -> float, list -> tuple), or raises ZooError."""
+  """Returns `value` converted to `annotation` (int -> float, list -> tuple), or raises ZooError.
+
+  Floats must be finite and ints fit in 64 bits (what numpy and JAX take); a dict's keys are checked
+  against the annotation's key type too (`dict[str, Any]`: strings).
+  """
   converted = _convert(value, annotation)
-  if converted is _MISMATCH:
-    raise ZooError(
-      f"config key {key!r} expects {_type_name(annotation)}, got {value!r} ({type(value).__name__})"
-    )
+  if isinstance(converted, _Mismatch):
+    why = f": {converted.why}" if converted.why else ""
+    got = f"{_short(value)} ({type(value).__name__}){why}"
+    raise ZooError(f"config key {key!r} expects {_type_name(annotation)}, got {got}")
   return converted
 
 
-_MISMATCH = object()
+@dataclass(frozen=True)
+class _Mismatch:
+  why: str = ""  # what is wrong beyond the type, e.g. "not finite"
+
+
+_MISMATCH = _Mismatch()
+_INT64 = 2**63
 
 
 def _convert(value: Any, annotation: Any) -> Any:
@@ -250,13 +312,15 @@ def _convert(value: Any, annotation: Any) -> Any:
   if origin in (typing.Union, types.UnionType):
     if value is None and type(None) in args:
       return None
+    failures = []
     for arg in args:
       if arg is type(None):
         continue
       out = _convert(value, arg)
-      if out is not _MISMATCH:
+      if not isinstance(out, _Mismatch):
         return out
-    return _MISMATCH
+      failures.append(out)
+    return next((f for f in failures if f.why), _MISMATCH)
   if origin is typing.Literal:
     return value if value in args else _MISMATCH
   if annotation is type(None):
@@ -264,14 +328,20 @@ def _convert(value: Any, annotation: Any) -> Any:
   if annotation is bool:
     return value if isinstance(value, bool) else _MISMATCH
   if annotation is int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else _MISMATCH
+    if not isinstance(value, int) or isinstance(value, bool):
+      return _MISMATCH
+    return value if -_INT64 <= value < _INT64 else _Mismatch("outside the 64-bit integer range")
   if annotation is float:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-      return float(value)
-    return _MISMATCH
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+      return _MISMATCH
+    try:
+      value = float(value)
+    except OverflowError:  # An int of more than about 308 digits.
+      return _Mismatch("too large for a float")
+    return value if math.isfinite(value) else _Mismatch("not a finite number")
   if annotation is str:
     return value if isinstance(value, str) else _MISMATCH
-  if origin in (tuple, list, typing.Sequence) or annotation in (tuple, list):
+  if origin in (tuple, list, typing.Sequence, collections.abc.Sequence) or annotation in (tuple, list):
     if not isinstance(value, (tuple, list)):
       return _MISMATCH
     if args and not (len(args) == 2 and args[1] is Ellipsis) and origin is tuple:
@@ -280,14 +350,32 @@ def _convert(value: Any, annotation: Any) -> Any:
       items = [_convert(v, a) for v, a in zip(value, args, strict=True)]
     else:
       items = [_convert(v, args[0]) if args else v for v in value]
-    if any(i is _MISMATCH for i in items):
-      return _MISMATCH
+    if bad := next((i for i in items if isinstance(i, _Mismatch)), None):
+      return bad
     return list(items) if (origin or annotation) is list else tuple(items)
   if origin is dict or annotation is dict:
-    return value if isinstance(value, dict) else _MISMATCH
+    if not isinstance(value, dict):
+      return _MISMATCH
+    if not args:
+      return value
+    out = {}
+    for k, v in value.items():
+      k2, v2 = _convert(k, args[0]), _convert(v, args[1])
+      if isinstance(k2, _Mismatch):
+        return _Mismatch(f"its key {_short(k)} is not a {_type_name(args[0])}")
+      if isinstance(v2, _Mismatch):
+        return _Mismatch(f"its value for {_short(k)}, {_short(v)}, is not a {_type_name(args[1])}")
+      out[k2] = v2
+    return out
   if isinstance(annotation, type):
     return value if isinstance(value, annotation) else _MISMATCH
   return value  # An annotation we cannot check (a callable, a forward reference): accept.
+
+
+def _short(value: Any, limit: int = 200) -> str:
+  """repr(value), cut to `limit` characters: error messages stay one readable paragraph."""
+  text = repr(value)
+  return text if len(text) <= limit else f"{text[: limit - 20]}... ({len(text):,} characters)"
 
 
 def _type_name(annotation: Any) -> str:
@@ -313,7 +401,13 @@ def _keys(obj: Any, prefix: str = "") -> list[str]:
 
 
 def apply_override(config: Config, assignment: str) -> None:
-  """Applies one `a.b.c=value` override to `config` in place, checking the key and the value's type."""
+  """Applies one `a.b.c=value` override to `config` in place, checking the key and the value's type.
+
+  Below a free-form dict (`model.kwargs`, `data.augment`, ...) each part of the key must be a Python name,
+  and the value must be one that config.json can hold (None, bool, int, finite float, str, and tuples,
+  lists and str-keyed dicts of them; lists become tuples, as config files write them): the consumer checks
+  the names and types when it is built. `sweep.KEY=(v1, v2)` sets `sweep[KEY]`, KEY being a dotted key.
+  """
   key, sep, text = assignment.partition("=")
   key = key.strip()
   if key.startswith("--"):
@@ -321,29 +415,64 @@ def apply_override(config: Config, assignment: str) -> None:
   key = key.removeprefix("config.")
   if not sep or not key:
     raise ZooError(
-      f"config override {assignment!r} is not of the form key=value (e.g. optimizer.learning_rate=3e-4)"
+      f"config override {_short(assignment)} is not of the form key=value (e.g. optimizer.learning_rate=3e-4)"
     )
   parts = key.split(".")
   obj: Any = config
   for i, part in enumerate(parts):
-    is_last = i == len(parts) - 1
-    if isinstance(obj, dict):  # Inside a free-form `kwargs` dict: the consumer checks the names.
-      if is_last:
-        obj[part] = parse_value(text)
-        return
-      obj = obj.setdefault(part, {})
-      if not isinstance(obj, dict):
-        raise ZooError(f"config key {'.'.join(parts[: i + 1])!r} is not a mapping")
-      continue
+    if isinstance(obj, dict):  # A free-form dict (kwargs, augment, sweep): the consumer checks the names.
+      _set_in_dict(obj, parts[i:], text, key, dotted=obj is config.sweep)
+      return
     if not dataclasses.is_dataclass(obj) or part not in {f.name for f in dataclasses.fields(obj)}:
       raise ZooError(_unknown_key_message(key, _keys(config)))
-    if is_last:
+    if i == len(parts) - 1:
       annotation = typing.get_type_hints(type(obj))[part]
       if dataclasses.is_dataclass(annotation):
         raise ZooError(f"config key {key!r} is a section; set one of its keys, e.g. {key}.name=...")
-      setattr(obj, part, check_type(parse_value(text), annotation, key))
+      # As from_dict reads config.json: plain values first (lists as tuples), then the key's type.
+      setattr(obj, part, check_type(_plain(parse_value(text, key), key), annotation, key))
       return
     obj = getattr(obj, part)
+
+
+def _set_in_dict(mapping: dict[str, Any], names: list[str], text: str, key: str, dotted: bool) -> None:
+  """mapping[names[0]][names[1]]... = the value of `text`, creating the dicts on the way. Everything is
+  checked before anything is created, so a refused override leaves the config as it was."""
+  if bad := [n for n in names if not n.isidentifier()]:
+    raise ZooError(f"config key {key!r}: {bad[0]!r} is not a valid argument name (a Python identifier)")
+  if dotted:  # The sweep's keys are whole dotted config keys.
+    names = [".".join(names)]
+  value = _plain(parse_value(text, key), key)
+  obj = mapping
+  for i, name in enumerate(names[:-1]):
+    if name not in obj:
+      obj[name] = {}
+    obj = obj[name]
+    if not isinstance(obj, dict):
+      prefix = key[: len(key) - len(".".join(names[i + 1 :])) - 1]
+      raise ZooError(f"config key {prefix!r} is not a mapping, so {key!r} cannot be set")
+  obj[names[-1]] = value
+
+
+def _plain(value: Any, key: str) -> Any:
+  """`value` with lists as tuples, if config.json can hold it and give it back unchanged; else ZooError."""
+  if value is None or isinstance(value, (bool, int, str)):
+    return value
+  if isinstance(value, float):
+    if not math.isfinite(value):
+      raise ZooError(f"config key {key!r}: {value!r} is not a finite number")
+    return value
+  if isinstance(value, (tuple, list)):
+    return tuple(_plain(v, key) for v in value)
+  if isinstance(value, dict):
+    for k in value:
+      if not isinstance(k, str):
+        raise ZooError(f"config key {key!r}: the key {_short(k)} of {_short(value)} is not a string")
+    return {k: _plain(v, key) for k, v in value.items()}
+  raise ZooError(
+    f"config key {key!r}: {_short(value)} ({type(value).__name__}) is not a value a config can hold; use "
+    "None, True/False, numbers, strings, or tuples, lists and dicts of them"
+  )
 
 
 def apply_overrides(config: Config, assignments: list[str]) -> Config:
@@ -398,6 +527,7 @@ def get_config(name: str, overrides: list[str] = (), smoke: bool = False) -> Con
     raise ZooError(
       f"config {name!r}: get_config() must return zoo.config.Config, got {type(config).__name__}"
     )
+  check_config(config, f"config {name!r}")
   return apply_overrides(config, list(overrides))
 
 

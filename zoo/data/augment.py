@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import functools
 import math
+import typing
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
+from zoo.config import check_type
 from zoo.registry import Registry, ZooError, call_with_checked_kwargs
 
 Augmentation = Callable[[jax.Array, jax.Array], jax.Array]
@@ -220,6 +222,29 @@ def random_resized_crop(
   return jax.jit(augment)
 
 
+def _build(name: str, kwargs: dict[str, typing.Any]) -> Augmentation:
+  """The augmentation `name` with `kwargs`: names checked, then its own checks of the values, then the
+  values' types (`pixels=None` would fail inside it with a TypeError, `pixels=1.5` only when the training
+  step is traced): a ZooError naming the argument."""
+  fn = AUGMENTATIONS.get(name)
+  hints = typing.get_type_hints(fn)
+
+  def check_types() -> None:
+    for key, value in kwargs.items():
+      if key in hints:
+        check_type(value, hints[key], f"data.augment.{name}.{key}")
+
+  try:
+    step = call_with_checked_kwargs("augmentation", name, fn, kwargs)
+  except ZooError:
+    raise
+  except Exception:
+    check_types()  # A value of a type its own checks did not expect.
+    raise
+  check_types()
+  return step
+
+
 def create_augmentation(spec: dict[str, dict]) -> Augmentation | None:
   """Chains the augmentations named in `spec` (name -> kwargs, in order); None when `spec` is empty."""
   if not spec:
@@ -228,7 +253,7 @@ def create_augmentation(spec: dict[str, dict]) -> Augmentation | None:
   for name, kwargs in spec.items():
     if not isinstance(kwargs, dict):
       raise ZooError(f"data.augment.{name} must map argument names to values, got {kwargs!r}")
-    steps.append(call_with_checked_kwargs("augmentation", name, AUGMENTATIONS.get(name), kwargs))
+    steps.append(_build(name, kwargs))
 
   def augment(images: jax.Array, rng: jax.Array) -> jax.Array:
     if images.ndim != 4:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-import pickle
 import tarfile
 import typing
 import zlib
@@ -14,6 +13,7 @@ import numpy as np
 
 from zoo.data.datasets import Dataset, register_dataset
 from zoo.data.download import fetch, resolve_data_dir, verify
+from zoo.data.pickles import NUMPY_ARRAY_GLOBALS, load_pickle
 from zoo.registry import ZooError
 
 
@@ -149,10 +149,10 @@ def _read_archive(path: pathlib.Path, source: _Source) -> Iterator[tuple[str, di
     with tarfile.open(path, "r|gz") as tar:  # A stream: never seeks back, so the gzip is inflated once.
       for member in tar:
         if member.name in wanted and member.isfile():
-          # Unpickling runs code named in the file, so only a file whose md5 matched gets here.
-          yield wanted[member.name], pickle.load(tar.extractfile(member), encoding="bytes")
+          data = tar.extractfile(member).read()
+          yield wanted[member.name], _unpickle(data, f"{member.name} in {path}")
           seen.add(member.name)
-  except (tarfile.TarError, EOFError, OSError, zlib.error, pickle.UnpicklingError) as e:
+  except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
     raise ZooError(
       f"{path} could not be read as the {source.name} archive ({e}); delete it or replace it with the "
       "official file"
@@ -173,26 +173,37 @@ def _read_folder(folder: pathlib.Path, source: _Source) -> Iterator[tuple[str, d
         f"{folder} lacks {member}: extract {source.file} there again, or put the archive itself in "
         f"{folder.parent} instead"
       )
-    with open(verify(path, md5=source.member_md5[member]), "rb") as f:
-      # Unpickling runs code named in the file, so only a file whose md5 matched gets here.
-      yield member, pickle.load(f, encoding="bytes")
+    yield member, _unpickle(verify(path, md5=source.member_md5[member]).read_bytes(), path)
+
+
+def _unpickle(data: bytes, where: str | pathlib.Path) -> object:
+  """A batch's pickle, read with an allow-list of the numpy globals it names (after its md5 matched, but a
+  checksum table can be edited: nothing in a file runs code). `encoding="bytes"` keeps the Python 2 str
+  keys and values bytes, as the files were written."""
+  # trailing_ok: the batches were not checked here for bytes after their pickle; their md5 vouches for them.
+  return load_pickle(data, where, NUMPY_ARRAY_GLOBALS, "CIFAR batch", encoding="bytes", trailing_ok=True)
 
 
 def _decode(batch: object, label_key: bytes, num_classes: int, where: str) -> tuple[np.ndarray, np.ndarray]:
   """A batch's (N, 3, 32, 32) uint8 images (a view) and (N,) int32 labels."""
   batch = batch if isinstance(batch, dict) else {}
-  data, labels = batch.get(b"data"), np.asarray(batch.get(label_key, ()))
+  data = batch.get(b"data")
+  try:
+    labels = np.asarray(batch.get(label_key, ()))
+  except (ValueError, TypeError):  # Ragged or odd label lists: refused below.
+    labels = np.empty((0, 0))
   if (
     not isinstance(data, np.ndarray)
     or data.dtype != np.uint8
     or data.ndim != 2
     or data.shape[1] != _PIXELS
     or labels.shape != (len(data),)
-    or (len(labels) and (labels.min() < 0 or labels.max() >= num_classes))
+    or (labels.size and labels.dtype.kind not in "iu")
+    or (labels.size and (labels.min() < 0 or labels.max() >= num_classes))
   ):
     raise ZooError(
       f"{where} is not a CIFAR batch: it needs {b'data'!r} as (N, {_PIXELS}) uint8 and {label_key!r} as N "
-      f"labels below {num_classes}"
+      f"integer labels below {num_classes}"
     )
   # Each row is the red plane, then green, then blue, each 32x32 row-major.
   return data.reshape(-1, 3, 32, 32), labels.astype(np.int32)

@@ -213,6 +213,7 @@ def digits(test_fraction: float = 0.2, seed: int = 42, stratify: bool = False) -
   """
   if not 0 < test_fraction < 1:
     raise ZooError(f"digits: test_fraction must be between 0 and 1 (exclusive), got {test_fraction}")
+  _check_seed("digits", seed, below=2**32)  # RandomState's range
   with gzip.open(verify(_DIGITS_PATH, _DIGITS_SHA256), "rt") as f:
     table = np.loadtxt(f, delimiter=",", dtype=np.int64)
   if table.shape != (1797, 65) or table.min() < 0 or table[:, :64].max() > 16 or table[:, 64].max() > 9:
@@ -304,6 +305,7 @@ def binarized_mnist(*, data_dir: str | None = None, seed: int = 0) -> Dataset:
   density models report likelihoods on): each pixel is 255 with probability grey / 255, else 0, drawn
   with numpy's PCG64 seeded by `seed`, so every run sees the same binary images. Values 0 or 255 (uint8):
   with the 'scale' normalisation the inputs are exactly 0 and 1, a proper Bernoulli target."""
+  _check_seed("binarized_mnist", seed)
   ds = mnist(data_dir=data_dir)
   rng = np.random.default_rng(seed)
 
@@ -318,6 +320,13 @@ def _check_positive(dataset: str, **values: int) -> None:
   for key, value in values.items():
     if value < 1:
       raise ZooError(f"{dataset}: {key} must be at least 1, got {value}")
+
+
+def _check_seed(dataset: str, seed: int, below: int | None = None) -> None:
+  """numpy's generators take seeds >= 0 (RandomState's below 2**32) and raise ValueError otherwise."""
+  if seed < 0 or (below is not None and seed >= below):
+    limit = f" and below {below:,}" if below is not None else ""
+    raise ZooError(f"{dataset}: seed must be >= 0{limit}, got {seed}")
 
 
 def _balanced_labels(n: int, num_classes: int, rng: np.random.Generator) -> np.ndarray:
@@ -338,6 +347,7 @@ def synthetic_images(
     n_train=n_train, n_test=n_test, image_size=image_size, channels=channels, num_classes=num_classes
   )
   _check_positive("synthetic_images", **sizes)
+  _check_seed("synthetic_images", seed)
   rng = np.random.default_rng(seed)
   templates = rng.uniform(0, 255, (num_classes, image_size, image_size, channels))
 
@@ -358,6 +368,7 @@ def synthetic_tabular(
   """Learnable generated tabular data for tests: Gaussian blobs of unit spread around random class centres."""
   sizes = dict(n_train=n_train, n_test=n_test, features=features, num_classes=num_classes)
   _check_positive("synthetic_tabular", **sizes)
+  _check_seed("synthetic_tabular", seed)
   rng = np.random.default_rng(seed)
   centres = rng.normal(0, 1, (num_classes, features))
 
@@ -390,6 +401,7 @@ def synthetic_regression(
   standardise each split with its own). The best possible R^2 is 0.45 / (0.45 + noise^2), 0.918 by default.
   """
   _check_positive("synthetic_regression", n_train=n_train, n_test=n_test)
+  _check_seed("synthetic_regression", seed)
   if features < _REGRESSION_FEATURES:
     raise ZooError(f"synthetic_regression: features must be at least 6 (the target uses 6), got {features}")
   if not noise >= 0:
@@ -421,6 +433,7 @@ def xor(n_train: int = 4, n_test: int = 4, noise: float = 0.0, seed: int = 0) ->
   task sets `num_classes=1` itself).
   """
   _check_positive("xor", n_train=n_train, n_test=n_test)
+  _check_seed("xor", seed)
   if not noise >= 0:
     raise ZooError(f"xor: noise must be >= 0, got {noise}")
   rng = np.random.default_rng(seed)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import logging
 import os
 import pathlib
+import socket
 import tempfile
+import time
 import urllib.request
 from collections.abc import Iterable, Sequence
 
@@ -61,10 +64,13 @@ def verify(
   """
   path = pathlib.Path(path)
   expected = _expected(sha256, md5)
-  if size is not None and (actual_size := path.stat().st_size) != size:
-    problem = f"it is {actual_size:,} bytes, expected {size:,} (an incomplete download or copy?)"
-  else:
-    problem = _mismatch(expected, file_digests(path, expected))
+  try:
+    if size is not None and (actual_size := path.stat().st_size) != size:
+      problem = f"it is {actual_size:,} bytes, expected {size:,} (an incomplete download or copy?)"
+    else:
+      problem = _mismatch(expected, file_digests(path, expected))
+  except OSError as e:  # Missing, unreadable (permissions), a folder, an I/O error.
+    raise ZooError(f"cannot read {path}: {e.strerror or e}") from None
   if problem:
     raise ZooError(
       f"{path} is corrupt or not the expected file: {problem}. "
@@ -125,7 +131,14 @@ def fetch(
     if path.is_file():
       return verify(path, sha256, md5=md5, size=size)
 
-  dest.parent.mkdir(parents=True, exist_ok=True)
+  try:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise ZooError(
+      f"cannot create the download folder {dest.parent} ({e.strerror or e}); set ZOO_CACHE_DIR to a writable "
+      f"folder, or put {relative_path} in a folder passed as --data-dir (or ZOO_DATA_DIR)"
+    ) from None
+  _remove_stale_parts(dest)
   errors = []
   for url in urls:
     try:
@@ -140,9 +153,49 @@ def fetch(
   )
 
 
+# A download's temporary file: `.<name>.<pid>@<host>.<random>.part` next to its destination, so that a later
+# fetch can tell the leftovers of a killed download (SIGKILL, power loss: no `except` ran) from a live one.
+_PART_SUFFIX = ".part"
+# A live download writes at least every few minutes (urlopen's timeout is 60 s a read): a part untouched
+# for this long is dead whoever wrote it, even on another host of a shared file system.
+_STALE_PART_SECONDS = 24 * 3600
+
+
+def _part_prefix(dest: pathlib.Path) -> str:
+  return f".{dest.name}.{os.getpid()}@{socket.gethostname()}."
+
+
+def _remove_stale_parts(dest: pathlib.Path) -> None:
+  """Deletes the temporary files that killed downloads of `dest` left: those of this host whose process is
+  gone, and any untouched for a day."""
+  host = socket.gethostname()
+  for part in dest.parent.glob(f".{glob.escape(dest.name)}.*{_PART_SUFFIX}"):
+    owner = part.name[len(dest.name) + 2 : -len(_PART_SUFFIX)].rpartition(".")[0]  # "<pid>@<host>"
+    pid, _, part_host = owner.partition("@")
+    try:
+      stale = time.time() - part.stat().st_mtime > _STALE_PART_SECONDS
+      if not stale and part_host == host and pid.isdigit():
+        stale = not _process_alive(int(pid))
+      if stale:
+        log.info("removing %s, left by an interrupted download", part)
+        part.unlink()
+    except OSError:  # Gone already (another process cleaned it), or not ours to delete: leave it.
+      pass
+
+
+def _process_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except (OSError, OverflowError):  # Another user's process (PermissionError), or no pid we can ask about.
+    return True
+  return True
+
+
 def _download(url: str, dest: pathlib.Path, expected: dict[str, str], size: int | None) -> pathlib.Path:
   log.info("downloading %s to %s", url, dest)
-  fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+  fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=_part_prefix(dest), suffix=_PART_SUFFIX)
   try:
     digests = {name: hashlib.new(name) for name in expected}
     received = 0

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import io
 import os
 import pathlib
-import pickle
 import typing
 
 import numpy as np
@@ -15,6 +13,7 @@ import scipy.sparse
 
 from zoo.data.datasets import Dataset, register_dataset
 from zoo.data.download import fetch
+from zoo.data.pickles import NUMPY_ARRAY_GLOBALS, AllowListUnpickler, load_pickle
 from zoo.registry import ZooError
 
 
@@ -215,7 +214,7 @@ def read_planetoid(paths: typing.Mapping[str, str | os.PathLike], name: str) -> 
     )
   if len(test_index) != tx.shape[0] or len(np.unique(test_index)) != len(test_index):
     fail(
-      f"test.index has {len(test_index)} entries ({len(np.unique(test_index))} distinct) "
+      f"{paths['test.index']} has {len(test_index)} entries ({len(np.unique(test_index))} distinct) "
       f"for {tx.shape[0]} rows of tx"
     )
   # Planetoid numbers the test nodes after all of allx's; the train (x, y) and validation nodes come first.
@@ -274,17 +273,11 @@ def _edges(
 
 # --- the restricted unpickler -------------------------------------------------------------------------------
 
-# Unpickling calls whatever global a file names, so a pickle can run any code. These files need only the
-# globals below (found with pickletools.genops over all of Cora's and CiteSeer's files): numpy arrays and
-# dtypes, scipy CSR matrices (pickled by scipy < 1.8 as `scipy.sparse.csr`, by newer ones as `_csr`) and
-# the graph's defaultdict(list). `_reconstruct` is taken from an array's own pickle recipe so that the
-# private module it lives in (numpy.core in numpy 1, numpy._core in numpy 2) need not be imported.
-_RECONSTRUCT = np.empty(0).__reduce__()[0]
+# These files need only the globals below (found with pickletools.genops over all of Cora's and CiteSeer's
+# files): numpy arrays and dtypes, scipy CSR matrices (pickled by scipy < 1.8 as `scipy.sparse.csr`, by
+# newer ones as `_csr`) and the graph's defaultdict(list).
 _ALLOWED_GLOBALS: dict[tuple[str, str], typing.Any] = {
-  ("numpy", "ndarray"): np.ndarray,
-  ("numpy", "dtype"): np.dtype,
-  ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
-  ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
+  **NUMPY_ARRAY_GLOBALS,
   ("scipy.sparse.csr", "csr_matrix"): scipy.sparse.csr_matrix,
   ("scipy.sparse._csr", "csr_matrix"): scipy.sparse.csr_matrix,
   ("collections", "defaultdict"): collections.defaultdict,
@@ -293,49 +286,38 @@ _ALLOWED_GLOBALS: dict[tuple[str, str], typing.Any] = {
 }
 
 
-class RestrictedUnpickler(pickle.Unpickler):
+class RestrictedUnpickler(AllowListUnpickler):
   """Reads the Python 2 pickles of Planetoid, refusing every global but those the files need."""
 
   def __init__(self, file: typing.BinaryIO, path: str | os.PathLike):
     # latin1 turns Python 2 byte strings into str one byte per character, which numpy's array state
     # accepts as the raw buffer.
-    super().__init__(file, encoding="latin1")
-    self.path = path
-
-  def find_class(self, module: str, name: str) -> typing.Any:
-    # Called for every GLOBAL, STACK_GLOBAL and extension-code opcode before anything is looked up, let alone
-    # called; an exact (module, name) match also rules out dotted names that walk attributes.
-    try:
-      return _ALLOWED_GLOBALS[(module, name)]
-    except KeyError:
-      raise ZooError(
-        f"{self.path} refers to {module}.{name}, which no Planetoid file needs; refused to read it (a "
-        "pickle can run any function it names). Replace it with the official file."
-      ) from None
-
-  def persistent_load(self, pid: typing.Any) -> typing.NoReturn:
-    raise ZooError(f"{self.path} uses a persistent id, which no Planetoid file does; refused to read it")
+    super().__init__(file, path, _ALLOWED_GLOBALS, "Planetoid", encoding="latin1")
 
 
 def restricted_load(path: str | os.PathLike) -> typing.Any:
-  """Unpickles a Planetoid file with `RestrictedUnpickler`; a refused global or a broken pickle: ZooError."""
-  data = pathlib.Path(path).read_bytes()
+  """Unpickles a Planetoid file with `RestrictedUnpickler`'s allow-list; a refused global, a broken pickle
+  or an unreadable file: ZooError naming it."""
   try:
-    return RestrictedUnpickler(io.BytesIO(data), path).load()
-  except ZooError:
-    raise
-  except Exception as e:  # A truncated or malformed pickle fails in many ways, all the file's fault.
-    raise ZooError(f"{path} is not a readable Planetoid pickle ({type(e).__name__}: {e})") from e
+    data = pathlib.Path(path).read_bytes()
+  except OSError as e:
+    raise ZooError(f"cannot read the Planetoid file {path}: {e.strerror or e}") from None
+  return load_pickle(data, path, _ALLOWED_GLOBALS, "Planetoid", encoding="latin1")
 
 
 def _load_matrix(path: pathlib.Path) -> scipy.sparse.csr_matrix:
   m = restricted_load(path)
-  if not isinstance(m, scipy.sparse.csr_matrix) or m.ndim != 2:
+  if not isinstance(m, scipy.sparse.csr_matrix):
     raise ZooError(f"{path} holds a {type(m).__name__}, not the CSR feature matrix of a Planetoid file")
   try:
-    m.check_format(full_check=True)  # The arrays came from the file: check indices before anything uses them.
-  except ValueError as e:
-    raise ZooError(f"{path} holds a broken CSR matrix: {e}") from e
+    # The arrays came from the file: check shape, indices and values before anything uses them. A pickle
+    # can build a csr_matrix with any attributes (or none), so anything may fail here.
+    m.check_format(full_check=True)
+    ok = m.ndim == 2 and m.dtype.kind in "biuf"
+  except Exception as e:
+    raise ZooError(f"{path} holds a broken CSR matrix ({type(e).__name__}: {e})") from None
+  if not ok:
+    raise ZooError(f"{path} holds a CSR matrix of {m.dtype} values, not the numeric features of Planetoid")
   return m
 
 

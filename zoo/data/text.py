@@ -9,6 +9,7 @@ import os
 import re
 import typing
 import zipfile
+import zlib
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -107,7 +108,13 @@ def load_tiny_shakespeare(*, data_dir: str | None = None) -> CharCorpus:
     data_dir=data_dir,
     size=_SHAKESPEARE_SIZE,
   )
-  return char_corpus(path.read_text(encoding="utf-8"))
+  try:
+    text = path.read_bytes().decode("utf-8")
+  except (OSError, UnicodeDecodeError) as e:
+    raise ZooError(f"{path} is not a readable UTF-8 text ({e}); replace it with the official file") from None
+  if not text:
+    raise ZooError(f"{path} is empty; replace it with the official file")
+  return char_corpus(text)
 
 
 # --- Stanford Sentiment Treebank ----------------------------------------------------------------------------
@@ -215,7 +222,21 @@ def read_sst_trees(path: str | os.PathLike) -> dict[str, list[Tree]]:
         # Split on "\n" only: str.splitlines would also split on the rare control characters of a text.
         lines = [(i, line.rstrip("\r")) for i, line in enumerate(text.split("\n"), 1)]
         trees[split] = [parse_tree(line, f"{path}:{member} line {i}") for i, line in lines if line.strip()]
-  except (zipfile.BadZipFile, KeyError, UnicodeDecodeError, OSError) as e:
+  # A damaged archive fails in many ways: a bad header or CRC (BadZipFile), a missing member (KeyError), a
+  # broken deflate stream (zlib.error, EOFError), flags or methods zipfile cannot read (NotImplementedError,
+  # RuntimeError for encryption), a size that does not fit (ValueError, OverflowError).
+  except (
+    zipfile.BadZipFile,
+    KeyError,
+    UnicodeDecodeError,
+    OSError,
+    EOFError,
+    zlib.error,
+    NotImplementedError,
+    RuntimeError,
+    ValueError,
+    OverflowError,
+  ) as e:
     raise ZooError(
       f"{path} could not be read as the SST archive with {', '.join(_SST_MEMBERS.values())} ({e}); "
       "replace it with the official file"

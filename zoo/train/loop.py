@@ -7,6 +7,8 @@ import functools
 import json
 import logging
 import math
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ import optax
 from zoo import config as config_lib
 from zoo import optim, regularizers
 from zoo.data import Dataset, ImageFolder, create_augmentation, load_dataset, normalization_stats
-from zoo.models import create_model, model_fields
+from zoo.models import create_model, list_models, model_fields
 from zoo.optim import create_optimizer, create_schedule
 from zoo.registry import ZooError
 from zoo.tasks import create_task
@@ -42,7 +44,51 @@ log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(ZooError):
-  """The training loss became NaN or infinite."""
+  """The training loss (or the gradient) became NaN or infinite."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+  """SIGTERM or SIGINT stopped the run between two steps, once the state of the last one was checkpointed.
+
+  A KeyboardInterrupt, as Ctrl-C in a notebook raises: `except Exception` does not swallow it.
+  """
+
+  def __init__(self, step: int, directory: Path, signum: int):
+    self.step, self.directory, self.signum = step, directory, signum
+    super().__init__(
+      f"interrupted at step {step}: checkpoint saved in {directory}; rerun the same command to resume"
+    )
+
+  @property
+  def exit_code(self) -> int:
+    """The shell's code for a process ended by the signal: 143 for SIGTERM, 130 for SIGINT."""
+    return 128 + self.signum
+
+
+class StopSignals:
+  """SIGTERM and SIGINT, while installed, only record that the run should stop: the loop checks `signum`
+  between steps and saves a checkpoint before it stops. A second signal changes nothing (the save under way
+  finishes). Installed only in the main thread (Python delivers signals there alone); `restore` puts the
+  previous handlers back."""
+
+  def __init__(self, enabled: bool = True):
+    self.signum: int | None = None
+    self._previous: dict[int, Any] = {}
+    if enabled and threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(sig)
+        signal.signal(sig, self._record)
+        # None: a handler not set from Python, which cannot be put back; the default is the closest.
+        self._previous[sig] = signal.SIG_DFL if previous is None else previous
+
+  def _record(self, signum: int, frame: Any) -> None:
+    if self.signum is None:  # Only a flag: nothing here can run in the middle of a save.
+      self.signum = signum
+
+  def restore(self) -> None:
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+    self._previous.clear()
 
 
 @dataclasses.dataclass
@@ -278,14 +324,11 @@ def train_and_evaluate(
   state = initial_state(exp, par, init_rng, context)
 
   checkpointer = Checkpointer(workdir / "checkpoints", keep=cfg.keep_checkpoints)
-  start_step = checkpointer.latest_step() or 0
+  # The newest checkpoint that verifies against its checksums; damaged ones are set aside with a warning.
+  start_step, state = checkpointer.restore_latest(
+    state, f"Use a new --workdir, or the config the run started with ({workdir / 'config.json'})."
+  )
   if start_step:
-    state = checkpointer.restore_or_explain(
-      state,
-      start_step,
-      f"the checkpoint of step {start_step}",
-      f"Use a new --workdir, or the config the run started with ({workdir / 'config.json'}).",
-    )
     log.info("resumed from the checkpoint of step %d in %s", start_step, checkpointer.directory)
   state = par.to_devices(state)  # pmap: a copy per device
   if primary:
@@ -356,14 +399,12 @@ def train_and_evaluate(
       return
     steps, values = take_pending(pending)
     for s, v in zip(steps, values, strict=True):
-      if stop_on_nonfinite and not math.isfinite(float(v["loss"])):
+      if stop_on_nonfinite and (what := _nonfinite(v)):
         checkpointer.wait()
-        raise NonFiniteLossError(
-          f"the training loss became {float(v['loss'])} at step {s}; the run stopped and the last good "
-          f"checkpoint (step {last_saved}) is kept in {checkpointer.directory}. Try a lower "
-          f"optimizer.learning_rate or gradient clipping (optimizer.grad_clip_norm=1.0)."
-        )
+        raise NonFiniteLossError(_nonfinite_message(what, v, s, last_saved, checkpointer.directory))
     mean = {k: float(np.mean([v[k] for v in values])) for k in values[0]}
+    if "skipped_updates" in mean:  # A running count: its latest value, not its mean over the interval.
+      mean["skipped_updates"] = float(values[-1]["skipped_updates"])
     now = time.perf_counter()
     mean["steps_per_sec"] = len(values) / max(now - interval_start, 1e-9)
     interval_start = now
@@ -379,9 +420,18 @@ def train_and_evaluate(
       checkpointer.save(step, par.from_devices(state))
       last_saved = step
 
+  def stop_here(step: int) -> None:
+    """Ends the run on a signal once the state of `step` is checkpointed; a rerun resumes from it."""
+    save(step)
+    checkpointer.wait()
+    raise TrainingInterrupted(step, checkpointer.directory, stop.signum)
+
   perm = None
   train_batches = None  # The stream of a dataset streamed from disk, from start_step on.
   stopped_early = tracker.should_stop  # A rerun of a run that stopped early does not train on.
+  step = start_step - 1  # The step under way (0-based), for an out-of-memory error's message.
+  # Several processes would have to agree on the step to stop at: they keep the signals' default actions.
+  stop = StopSignals(enabled=not par.multiprocess)
   try:
     if exp.streaming:
       train_batches = streaming.train_batches(ds, cfg.data.batch_size, seed=cfg.seed, start_step=start_step)
@@ -442,9 +492,14 @@ def train_and_evaluate(
           break
       elif done % cfg.checkpoint_every_steps == 0:
         save(done)
+      if stop.signum is not None:  # A Python bool: no device round trip.
+        stop_here(done)
     state = par.from_devices(state)
     last_step = int(parallel_lib.to_host(state.step))
     flush(last_step)
+    if stop.signum is not None:  # The signal came during the last evaluation, or before a finished run.
+      stop_here(last_step)
+    checkpointer.wait()  # A failed last save (a full disk) is reported before the final evaluation.
     if train_batches is not None:
       train_batches.close()  # Its decoding threads stop; the evaluations below stream their own.
     if cfg.early_stopping.restore_best and tracker.best_step not in (None, last_step):
@@ -468,7 +523,12 @@ def train_and_evaluate(
       report = exp.task.write_report(outputs, test_labels, workdir)
       samples_rng = jax.random.fold_in(rng, 1 << 20)
       report.update(exp.task.write_samples(exp.model, eval_variables(state), workdir, samples_rng) or {})
+  except jax.errors.JaxRuntimeError as e:
+    if _out_of_memory(e):
+      raise ZooError(_out_of_memory_message(cfg, step + 1, e, last_saved, checkpointer.directory)) from e
+    raise
   finally:
+    stop.restore()
     if train_batches is not None:
       train_batches.close()
     bar.close()
@@ -484,10 +544,86 @@ def train_and_evaluate(
     "test": test_metrics,
     "train": next((r for r in reversed(writer.history) if r["split"] == "train"), {}),
   }
+  skipped = optim.skipped_updates(cfg.optimizer, state.opt_state)
+  if skipped is not None:
+    result["skipped_updates"] = int(parallel_lib.to_host(skipped))
+    if result["skipped_updates"]:
+      log.warning("%d updates were skipped for non-finite gradients", result["skipped_updates"])
   if primary:
-    (workdir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    path = workdir / "result.json"
+    path.with_suffix(".json.tmp").write_text(json.dumps(result, indent=2) + "\n")
+    path.with_suffix(".json.tmp").replace(path)  # Whole or absent, whenever the run is killed.
   result["state"] = state
   return result
+
+
+def _nonfinite(metrics: dict[str, Any]) -> str | None:
+  """Which of a step's loss and gradient norm is NaN or infinite, if one is. A non-finite gradient with a
+  finite loss has already spoilt the parameters of that step: they must not be checkpointed either."""
+  if not math.isfinite(float(metrics["loss"])):
+    return "loss"
+  # float16 loss scaling skips the update of a step whose gradients overflowed: that is not a failure.
+  if (
+    "grad_norm" in metrics and "loss_scale" not in metrics and not math.isfinite(float(metrics["grad_norm"]))
+  ):
+    return "gradient norm"
+  return None
+
+
+def _nonfinite_message(
+  what: str, metrics: dict[str, Any], step: int, last_saved: int, directory: Path
+) -> str:
+  value = float(metrics["loss" if what == "loss" else "grad_norm"])
+  if last_saved:
+    kept = (
+      f"the last good checkpoint is step {last_saved}, in {directory} (a rerun resumes from it, and diverges "
+      f"again unless the config changes)"
+    )
+  else:
+    kept = f"there is no last good checkpoint: none was written before it (in {directory})"
+  name = "training loss" if what == "loss" else "gradient norm"
+  return (
+    f"the {name} became {value} at step {step}; the run stopped and {kept}. Try a lower "
+    f"optimizer.learning_rate, gradient clipping (optimizer.grad_clip_norm=1.0), or "
+    f"optimizer.skip_nonfinite=True to skip (and count) such updates."
+  )
+
+
+def _out_of_memory(error: BaseException) -> bool:
+  text = str(error)
+  return "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
+
+
+def _out_of_memory_message(
+  cfg: config_lib.Config, step: int, error: BaseException, last_saved: int, directory: Path
+) -> str:
+  """What to set when a step does not fit in the device's memory: each option with its config key."""
+  batch, accumulate = cfg.data.batch_size, cfg.optimizer.accumulate_steps
+  options = []
+  if batch > 1:
+    options.append(
+      f"a smaller batch with gradient accumulation, which keeps the {batch * accumulate} examples per update "
+      f"(--config.data.batch_size={batch // 2} --config.optimizer.accumulate_steps={accumulate * 2}; now "
+      f"{batch} and {accumulate})"
+    )
+  if "remat" not in model_fields(cfg.model.name):
+    with_remat = [name for name in list_models() if "remat" in model_fields(name)]
+    options.append(
+      f"rematerialisation (model.kwargs.remat=True recomputes activations in the backward pass; "
+      f"{cfg.model.name} has no such option, models such as {', '.join(with_remat[:4])} have)"
+    )
+  elif not cfg.model.kwargs.get("remat"):
+    options.append("rematerialisation (--config.model.kwargs.remat=True: activations recomputed, not stored)")
+  if cfg.precision == "float32":
+    options.append("bfloat16 compute (--config.precision=bfloat16)")
+  options.append(
+    f"if it failed in an evaluation, a smaller --config.data.eval_batch_size (now {cfg.data.eval_batch_size})"
+  )
+  kept = (
+    f"the last checkpoint is step {last_saved}, in {directory}" if last_saved else "no checkpoint was written"
+  )
+  first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+  return f"the device ran out of memory at step {step} ({first}); {kept}. To fit, try: {'; '.join(options)}."
 
 
 def initial_state(exp: Experiment, par: parallel_lib.Parallel, init_rng: jax.Array, context=None):

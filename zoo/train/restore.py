@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,9 @@ from zoo.models import create_model
 from zoo.models.rnn import CharLM, sample_rnn
 from zoo.models.transformer import GPT, generate
 from zoo.registry import ZooError
+from zoo.train.checkpoint import MANIFEST, verify_step
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -42,6 +46,10 @@ def load_run(workdir: str | Path, step: int | None = None) -> Run:
   Only the step, parameters, model state and weight averages are read, not the optimiser's state, so any
   optimiser's run loads the same way. When the run kept an EMA of its weights, `variables` are the EMA's
   (those its evaluations used).
+
+  The checkpoint's files are checked against their checksums first: without `step`, a damaged newest
+  checkpoint is reported (a warning) and the newest one that verifies is loaded; a damaged `step` is a
+  ZooError. Damaged checkpoints are left where they are (the run moves them aside when it resumes).
   """
   workdir = Path(workdir)
   train = f"`python train.py --config NAME --workdir {workdir}`"
@@ -63,10 +71,14 @@ def load_run(workdir: str | Path, step: int | None = None) -> Run:
   steps = _checkpoint_steps(ckpt_dir)
   if not steps:
     raise ZooError(f"{ckpt_dir} holds no checkpoint: train the run first ({train}; it saves one at its end)")
-  step = max(steps) if step is None else step
-  if step not in steps:
+  if step is None:
+    saved = _restore_newest_weights(ckpt_dir, steps)
+  elif step not in steps:
     raise ZooError(f"{ckpt_dir} has no checkpoint of step {step}; it has steps {sorted(steps)}")
-  saved = _restore_weights(ckpt_dir, step)
+  elif (problem := verify_step(ckpt_dir, step)) is not None:
+    raise ZooError(f"the checkpoint of step {step} in {ckpt_dir} is damaged: {problem}")
+  else:
+    saved = _restore_weights(ckpt_dir, step)
   if "ema" in saved.get("averages", {}):
     variables = dict(saved["averages"]["ema"])
   else:
@@ -78,6 +90,26 @@ def load_run(workdir: str | Path, step: int | None = None) -> Run:
 def _checkpoint_steps(directory: Path) -> list[int]:
   # Orbax names a complete checkpoint by its step; one still being written has a temporary name.
   return [int(p.name) for p in directory.iterdir() if p.name.isdigit()] if directory.is_dir() else []
+
+
+def _restore_newest_weights(directory: Path, steps: list[int]) -> dict[str, Any]:
+  """`_restore_weights` of the newest of `steps` that verifies against its checksums (and, written before
+  checkpoints had them, that Orbax reads); the damaged ones on the way are logged."""
+  damaged = []
+  for step in sorted(steps, reverse=True):
+    problem = verify_step(directory, step)
+    if problem is None:
+      try:
+        return _restore_weights(directory, step)
+      except Exception as e:
+        if (directory / str(step) / MANIFEST).is_file():
+          raise  # Its files are as written: not damage.
+        problem = f"Orbax cannot read it ({str(e).strip().splitlines()[0][:300] if str(e).strip() else e!r})"
+    log.warning(
+      "the checkpoint of step %d in %s is damaged: %s; trying the previous one", step, directory, problem
+    )
+    damaged.append(f"step {step}: {problem}")
+  raise ZooError(f"every checkpoint in {directory} is damaged ({'; '.join(damaged)})")
 
 
 def _restore_weights(directory: Path, step: int) -> dict[str, Any]:
