@@ -103,6 +103,7 @@ def test_zoo_list_filters_by_kind_and_pattern():
   assert proc.returncode == 1
 
 
+@pytest.mark.benchmark  # tests/test_fault_injection.py kills train.py twice (once mid-write) in the suite
 def test_sigkilled_train_py_resumes_to_the_same_parameters(tmp_path):
   """A real kill: SIGKILL train.py once it has written a checkpoint, rerun it, compare with a clean run."""
   import signal

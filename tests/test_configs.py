@@ -43,7 +43,8 @@ def _generated_data(config, tmp_path, monkeypatch) -> None:
 # Configs whose model, data pipeline and task a sibling config's smoke test already trains (the sibling
 # named); run with `-m benchmark` to include them, keeping the default suite well inside its time budget.
 COVERED_BY_A_SIBLING = {
-  "fashion_mnist_efficientnet": "cifar10_efficientnet",
+  "fashion_mnist_efficientnet": "cifar10_efficientnet's own coverage below",
+  "cifar10_efficientnet": "tests/test_models.py (efficientnet_tiny trains), cifar10_resnet18 (the data)",
   "cifar100_resnet18": "cifar10_resnet18",
   "cifar100_wrn28_10": "cifar10_wrn28_10",
   "fashion_mnist_resnet18": "cifar10_resnet18",
