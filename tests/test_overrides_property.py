@@ -511,3 +511,17 @@ def test_every_config_file_passes_the_checks():
   for name in config_lib.list_configs():
     config = get_config(name, smoke=True)
     assert from_dict(json.loads(to_json(config))) == config, name
+
+
+def test_schedule_epochs_too_large_and_options_of_an_optionless_function_are_named():
+  from zoo.optim import _epochs_to_steps
+  from zoo.registry import call_with_checked_kwargs
+
+  with pytest.raises(ZooError, match="warmup_epochs=1e\\+308 is too many epochs"):
+    _epochs_to_steps({"warmup_epochs": 1e308}, 10)
+
+  def takes_nothing():
+    return None
+
+  with pytest.raises(ZooError, match="foo.*takes no options"):
+    call_with_checked_kwargs("optimizer", "plain", takes_nothing, {"foo": 1})

@@ -219,3 +219,10 @@ def test_reduce_on_plateau_cuts_the_rate_when_validation_loss_rises(tiny_config,
   spe = 225 // 32
   for step, scale in expected[:-1]:  # The rate logged in the next epoch carries the scale.
     assert train[step + spe] == pytest.approx(config.optimizer.learning_rate * scale)
+
+
+def test_a_seed_numpy_cannot_take_is_refused_naming_the_key(tiny_config):
+  from zoo.train.loop import build
+
+  with pytest.raises(ZooError, match="'seed' must be in"):
+    build(tiny_config(seed=-1))

@@ -622,7 +622,10 @@ def _epochs_to_steps(kwargs: dict[str, Any], steps_per_epoch: int) -> dict[str, 
     if epochs is None:
       return None
     epochs = check_type(epochs, float, f"schedule.kwargs.{key}")
-    return math.floor(epochs * steps_per_epoch + 0.5)  # Half up, not Python's round-half-to-even.
+    steps = epochs * steps_per_epoch + 0.5  # Half up, not Python's round-half-to-even.
+    if not math.isfinite(steps) or abs(steps) >= 2**62:
+      raise ZooError(f"schedule.kwargs.{key}={epochs} is too many epochs ({steps_per_epoch} steps each)")
+    return math.floor(steps)
 
   out = {}
   for key, value in kwargs.items():

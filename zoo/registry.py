@@ -100,6 +100,10 @@ def call_with_checked_kwargs(kind: str, name: str, fn: Callable[..., Any], kwarg
     for key in kwargs:
       if key not in accepted:
         matches = close_matches(key, accepted)
-        hint = f"did you mean: {', '.join(matches)}?" if matches else f"accepted: {', '.join(accepted)}"
+        hint = (
+          f"did you mean: {', '.join(matches)}?"
+          if matches
+          else (f"accepted: {', '.join(accepted)}" if accepted else "it takes no options")
+        )
         raise ZooError(f"{kind} {name!r} takes no argument {key!r}; {hint}")
   return fn(**kwargs)

@@ -122,6 +122,8 @@ class Experiment:
 
 def build(config: config_lib.Config, dataset: Dataset | ImageFolder | None = None) -> Experiment:
   """Builds the dataset, model, task, schedule and optimiser that `config` names."""
+  if not 0 <= config.seed < 2**32:  # NumPy's generators (data order, validation split) take these only.
+    raise ZooError(f"config key 'seed' must be in [0, 2**32), got {config.seed}")
   dataset = dataset or load_dataset(config.data.name, data_dir=config.data.data_dir, **config.data.kwargs)
   stream = streaming.is_streaming(dataset)
   if stream:
