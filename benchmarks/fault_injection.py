@@ -363,6 +363,20 @@ class Harness:
     self.say(f"  {label}: pid {run.pid}")
     return run
 
+  def _checkpoints_record(self, before: list[int], after: Inspection) -> dict[str, Any]:
+    """What a fault did to the checkpoints: the steps before and after it, and what reads back."""
+    return {
+      "steps_before": before,
+      "steps_after": after.steps,
+      "orbax_steps": after.orbax_steps,
+      "unreadable": after.unreadable,
+      "zoo_rejects": after.rejected,
+      "listed_unreadable": after.listed_unreadable,
+      "false_complete": after.false_complete,
+      "lost": lost_steps(before, after, self.keep),
+      "newest_intact": after.newest,
+    }
+
   def say(self, message: str) -> None:
     if not self.args.quiet:
       print(message, file=self.progress, flush=True)
@@ -514,15 +528,7 @@ class Harness:
         "resumed_at_start": run.resumed_from,
         "hit_write": bool(hit),
         "tmp_dirs_at_kill": hit,
-        "steps_before": before,
-        "steps_after": after.steps,
-        "orbax_steps": after.orbax_steps,
-        "unreadable": after.unreadable,
-        "zoo_rejects": after.rejected,
-        "listed_unreadable": after.listed_unreadable,
-        "false_complete": after.false_complete,
-        "lost": lost_steps(before, after, self.keep),
-        "newest_intact": after.newest,
+        **self._checkpoints_record(before, after),
       }
       self.records.append(record)
       pending.append(record)
@@ -660,15 +666,7 @@ class Harness:
         "needed_sigkill": needed_kill,
         "said_saved_step": int(said.group(1)) if said else None,
         "said": said.group(0).strip() if said else None,
-        "steps_before": before,
-        "steps_after": after.steps,
-        "orbax_steps": after.orbax_steps,
-        "unreadable": after.unreadable,
-        "zoo_rejects": after.rejected,
-        "listed_unreadable": after.listed_unreadable,
-        "false_complete": after.false_complete,
-        "lost": lost_steps(before, after, self.keep),
-        "newest_intact": after.newest,
+        **self._checkpoints_record(before, after),
       }
       self.records.append(record)
       pending.append(record)

@@ -47,3 +47,21 @@ def tiny_config():
     return c
 
   return make
+
+
+class NetworkUsed(BaseException):
+  """Raised by `offline`'s urlopen stand-in; a BaseException, so that no `except Exception` can swallow it."""
+
+
+@pytest.fixture
+def offline(tmp_path, monkeypatch):
+  """No network, no user cache, no caller's data folder: urlopen raises NetworkUsed(url)."""
+  import urllib.request
+
+  monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path / "cache"))
+  monkeypatch.delenv("ZOO_DATA_DIR", raising=False)
+
+  def urlopen(url, *args, **kwargs):
+    raise NetworkUsed(url)
+
+  monkeypatch.setattr(urllib.request, "urlopen", urlopen)

@@ -14,27 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import NetworkUsed
 
 from zoo.config import get_config
 from zoo.data import cifar, fetch, list_datasets, load_dataset
 from zoo.data.download import default_cache_dir, verify
 from zoo.registry import ZooError
 
-
-class _NetworkUsed(BaseException):
-  """Raised by the patched urlopen; a BaseException, so that no `except Exception` can swallow it."""
-
-
-@pytest.fixture(autouse=True)
-def _offline_and_isolated(tmp_path, monkeypatch):
-  """No test here touches the network, the user's cache or the caller's data folder."""
-  monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path / "cache"))
-  monkeypatch.delenv("ZOO_DATA_DIR", raising=False)
-
-  def urlopen(url, *args, **kwargs):
-    raise _NetworkUsed(url)
-
-  monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+pytestmark = pytest.mark.usefixtures("offline")  # conftest: no network, an isolated cache
 
 
 # --- archives in the official format ------------------------------------------------------------------------
@@ -300,7 +287,7 @@ def test_without_local_files_it_downloads_into_the_cache(tmp_path, monkeypatch):
   fake = _fake("cifar100")
   _trust(monkeypatch, "cifar100", fake.archive)
   # The autouse fixture makes any download attempt fail loudly: the canonical URL is what is asked for.
-  with pytest.raises(_NetworkUsed, match="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"):
+  with pytest.raises(NetworkUsed, match="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"):
     load_dataset("cifar100")
 
   opened = []

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import jax
 import numpy as np
@@ -11,7 +13,7 @@ import pytest
 import zoo
 from zoo.registry import ZooError
 from zoo.train import ensemble
-from zoo.train.loop import train_and_evaluate
+from zoo.train.loop import TrainingInterrupted, train_and_evaluate
 from zoo.train.restore import load_run
 
 BASE = ["epochs=2", "log_every_steps=20", "data.max_train_examples=704"]  # 22 steps of 32 per epoch
@@ -69,9 +71,27 @@ def test_each_member_is_an_ordinary_run_directory(tmp_path):
   assert again["test"]["accuracy"] == pytest.approx(result["members"][1]["test"]["accuracy"])
 
 
-def test_an_interrupted_ensemble_resumes(tmp_path):
+def test_an_interrupted_ensemble_resumes(tmp_path, monkeypatch):
   full = train_and_evaluate(_config("ensemble=2"), tmp_path / "full", progress=False)
-  train_and_evaluate(_config("ensemble=2", "steps=30"), tmp_path / "resumed", progress=False)
+  handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+  real = ensemble.Setup.make_step
+
+  def make(self):
+    step, calls = real(self), []
+
+    def wrapped(*args):
+      calls.append(1)
+      if len(calls) == 30:
+        os.kill(os.getpid(), signal.SIGTERM)  # preempted while step 30 runs
+      return step(*args)
+
+    return wrapped
+
+  with monkeypatch.context() as mp, pytest.raises(TrainingInterrupted) as info:
+    mp.setattr(ensemble.Setup, "make_step", make)
+    train_and_evaluate(_config("ensemble=2"), tmp_path / "resumed", progress=False)
+  assert info.value.step == 30 and info.value.exit_code == 143
+  assert {s: signal.getsignal(s) for s in handlers} == handlers
   resumed = train_and_evaluate(_config("ensemble=2"), tmp_path / "resumed", progress=False)
   for a, b in zip(_leaves(full["state"].params), _leaves(resumed["state"].params), strict=True):
     np.testing.assert_allclose(a, b, atol=1e-6)

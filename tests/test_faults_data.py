@@ -41,19 +41,7 @@ from zoo.registry import ZooError
 REPO = Path(__file__).resolve().parents[1]
 
 
-class _NetworkUsed(BaseException):
-  """Raised by the default urlopen stand-in; a BaseException, so that no `except Exception` hides it."""
-
-
-@pytest.fixture(autouse=True)
-def _offline_and_isolated(tmp_path, monkeypatch):
-  monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path / "cache"))
-  monkeypatch.delenv("ZOO_DATA_DIR", raising=False)
-
-  def urlopen(url, *args, **kwargs):
-    raise _NetworkUsed(url)
-
-  monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+pytestmark = pytest.mark.usefixtures("offline")  # conftest: no network, an isolated cache
 
 
 def _sha256(data: bytes) -> str:

@@ -44,6 +44,5 @@ def densenet(w: WeightMap, model_name: str) -> dict[str, Any]:
       w.batch_norm(f"transition{b}/norm", f"features.transition{b}.norm")
       w.conv(f"params/transition{b}/conv/kernel", f"features.transition{b}.conv.weight")
   w.batch_norm("final_norm", "features.norm5")
-  w.dense("params/classifier/kernel", "classifier.weight")
-  w.put("params/classifier/bias", "classifier.bias")
+  w.linear("classifier", "classifier")
   return {"num_classes": w.shape("classifier.weight")[0]}

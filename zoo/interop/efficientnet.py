@@ -45,14 +45,12 @@ def _timm(w: WeightMap) -> int:
       w.conv(f"params/{dst}/depthwise_conv/kernel", f"{src}.conv_dw.weight")
       w.batch_norm(f"{dst}/depthwise_norm", f"{src}.{dw_bn}")
       for flax_name, torch_name in (("reduce", "conv_reduce"), ("expand", "conv_expand")):
-        w.conv(f"params/{dst}/se/{flax_name}/kernel", f"{src}.se.{torch_name}.weight")
-        w.put(f"params/{dst}/se/{flax_name}/bias", f"{src}.se.{torch_name}.bias")
+        w.conv_with_bias(f"{dst}/se/{flax_name}", f"{src}.se.{torch_name}")
       w.conv(f"params/{dst}/project_conv/kernel", f"{src}.{project}.weight")
       w.batch_norm(f"{dst}/project_norm", f"{src}.{project_bn}")
   w.conv("params/head_conv/kernel", "conv_head.weight")
   w.batch_norm("head_norm", "bn2")
-  w.dense("params/classifier/kernel", "classifier.weight")
-  w.put("params/classifier/bias", "classifier.bias")
+  w.linear("classifier", "classifier")
   return w.shape("classifier.weight")[0]
 
 
@@ -73,14 +71,12 @@ def _torchvision(w: WeightMap) -> int:
       w.conv(f"params/{dst}/depthwise_conv/kernel", f"{src}.{dw}.0.weight")
       w.batch_norm(f"{dst}/depthwise_norm", f"{src}.{dw}.1")
       for flax_name, torch_name in (("reduce", "fc1"), ("expand", "fc2")):
-        w.conv(f"params/{dst}/se/{flax_name}/kernel", f"{src}.{se}.{torch_name}.weight")
-        w.put(f"params/{dst}/se/{flax_name}/bias", f"{src}.{se}.{torch_name}.bias")
+        w.conv_with_bias(f"{dst}/se/{flax_name}", f"{src}.{se}.{torch_name}")
       w.conv(f"params/{dst}/project_conv/kernel", f"{src}.{project}.0.weight")
       w.batch_norm(f"{dst}/project_norm", f"{src}.{project}.1")
   w.conv("params/head_conv/kernel", f"features.{head}.0.weight")
   w.batch_norm("head_norm", f"features.{head}.1")
-  w.dense("params/classifier/kernel", "classifier.1.weight")
-  w.put("params/classifier/bias", "classifier.1.bias")
+  w.linear("classifier", "classifier.1")
   return w.shape("classifier.1.weight")[0]
 
 

@@ -89,6 +89,16 @@ class WeightMap:
     """A linear layer's matrix: PyTorch's (out, in) -> Flax's (in, out)."""
     self.put(path, key, lambda a: a.T)
 
+  def linear(self, flax_name: str, torch_prefix: str) -> None:
+    """Linear `torch_prefix`.{weight, bias} -> params/{name}/{kernel, bias}."""
+    self.dense(f"params/{flax_name}/kernel", f"{torch_prefix}.weight")
+    self.put(f"params/{flax_name}/bias", f"{torch_prefix}.bias")
+
+  def conv_with_bias(self, flax_name: str, torch_prefix: str) -> None:
+    """Conv `torch_prefix`.{weight, bias} -> params/{name}/{kernel, bias}."""
+    self.conv(f"params/{flax_name}/kernel", f"{torch_prefix}.weight")
+    self.put(f"params/{flax_name}/bias", f"{torch_prefix}.bias")
+
   def batch_norm(self, flax_name: str, torch_prefix: str) -> None:
     """BatchNorm `torch_prefix`.{weight, bias, running_mean, running_var} -> params/{name}/{scale, bias} and
     batch_stats/{name}/{mean, var} (`flax_name` is the module's path below the collection, '/'-joined)."""

@@ -30,8 +30,7 @@ def _block(w: WeightMap, dst: str, convs: dict[str, tuple[str, str]], se: str) -
     w.batch_norm(f"{dst}/bn_{name}", bn)
   if w.keys(f"{se}."):  # RegNetY's; a RegNetX has none, and the zoo's model says whether it needs one
     for flax_name, torch_name in (("reduce", "fc1"), ("expand", "fc2")):
-      w.conv(f"params/{dst}/se/{flax_name}/kernel", f"{se}.{torch_name}.weight")
-      w.put(f"params/{dst}/se/{flax_name}/bias", f"{se}.{torch_name}.bias")
+      w.conv_with_bias(f"{dst}/se/{flax_name}", f"{se}.{torch_name}")
   conv, bn = convs["proj"]
   if w.keys(f"{conv}."):  # the shortcut's projection, where the block changes width or strides
     w.conv(f"params/{dst}/proj_conv/kernel", f"{conv}.weight")
@@ -51,8 +50,7 @@ def _timm(w: WeightMap) -> tuple[list[int], int]:
       convs = {n: (f"{p}.conv{i}.conv", f"{p}.conv{i}.bn") for n, i in (("a", 1), ("b", 2), ("c", 3))}
       convs["proj"] = (f"{p}.downsample.conv", f"{p}.downsample.bn")
       _block(w, f"s{s}_b{j}", convs, se=f"{p}.se")
-  w.dense("params/head/kernel", "head.fc.weight")
-  w.put("params/head/bias", "head.fc.bias")
+  w.linear("head", "head.fc")
   return widths, w.shape("head.fc.weight")[0]
 
 
@@ -70,8 +68,7 @@ def _torchvision(w: WeightMap) -> tuple[list[int], int]:
       convs = {n: (f"{p}.f.{n}.0", f"{p}.f.{n}.1") for n in ("a", "b", "c")}
       convs["proj"] = (f"{p}.proj.0", f"{p}.proj.1")
       _block(w, f"s{s}_b{j + 1}", convs, se=f"{p}.f.se")
-  w.dense("params/head/kernel", "fc.weight")
-  w.put("params/head/bias", "fc.bias")
+  w.linear("head", "fc")
   return widths, w.shape("fc.weight")[0]
 
 

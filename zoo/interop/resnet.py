@@ -23,6 +23,5 @@ def resnet(w: WeightMap, model_name: str) -> dict[str, Any]:
       if w.keys(f"{src}.downsample."):
         w.conv(f"params/{dst}/proj_conv/kernel", f"{src}.downsample.0.weight")
         w.batch_norm(f"{dst}/proj_bn", f"{src}.downsample.1")
-  w.dense("params/head/kernel", "fc.weight")
-  w.put("params/head/bias", "fc.bias")
+  w.linear("head", "fc")
   return {"num_classes": w.shape("fc.weight")[0]}

@@ -22,8 +22,7 @@ from zoo.registry import ZooError
 
 @register_converter("vit_ti16", "vit_s16", "vit_b16", "vit_l16")
 def vit(w: WeightMap, model_name: str) -> dict[str, Any]:
-  w.conv("params/embedding/kernel", "patch_embed.proj.weight")
-  w.put("params/embedding/bias", "patch_embed.proj.bias")
+  w.conv_with_bias("embedding", "patch_embed.proj")
   w.put("params/cls", "cls_token")  # (1, 1, D) in both.
   w.put("params/pos_embedding", "pos_embed")  # (1, 1 + N, D): the CLS token's row first, as the zoo's.
   width = w.shape("patch_embed.proj.weight")[0]
@@ -33,13 +32,10 @@ def vit(w: WeightMap, model_name: str) -> dict[str, Any]:
     w.layer_norm(f"{dst}/LayerNorm_0", f"{src}.norm1")
     _attention(w, f"{src}.attn", f"params/{dst}/attention", width, model_name)
     w.layer_norm(f"{dst}/LayerNorm_1", f"{src}.norm2")
-    w.dense(f"params/{dst}/mlp/Dense_0/kernel", f"{src}.mlp.fc1.weight")
-    w.put(f"params/{dst}/mlp/Dense_0/bias", f"{src}.mlp.fc1.bias")
-    w.dense(f"params/{dst}/mlp/Dense_1/kernel", f"{src}.mlp.fc2.weight")
-    w.put(f"params/{dst}/mlp/Dense_1/bias", f"{src}.mlp.fc2.bias")
+    w.linear(f"{dst}/mlp/Dense_0", f"{src}.mlp.fc1")
+    w.linear(f"{dst}/mlp/Dense_1", f"{src}.mlp.fc2")
   w.layer_norm("encoder_norm", "norm")
-  w.dense("params/head/kernel", "head.weight")
-  w.put("params/head/bias", "head.bias")
+  w.linear("head", "head")
   return {"num_classes": w.shape("head.weight")[0]}
 
 

@@ -325,6 +325,7 @@ def train_ensemble(
 
   perms = None
   evaluations: dict[str, Any] = {}
+  stop = loop.StopSignals(enabled=not par.multiprocess)  # SIGTERM / SIGINT: save, then stop (as loop's)
   try:
     for step in range(start_step, exp.total_steps):
       if perms is None or step % spe == 0:
@@ -345,11 +346,18 @@ def train_ensemble(
         flush(done)
         checkpointer.save(done, state)
         last_saved = done
+      if stop.signum is not None:  # A Python bool: no device round trip.
+        flush(done)
+        if last_saved != done:
+          checkpointer.save(done, state)
+        checkpointer.wait()
+        raise loop.TrainingInterrupted(done, checkpointer.directory, stop.signum)
     flush(exp.total_steps)
     if not evaluations:  # already finished: evaluate the restored state
       evaluations = evaluate_all(int(parallel_lib.to_host(state.step)[0]))
     writer.plot()
   finally:
+    stop.restore()
     bar.close()
     checkpointer.close()
     writer.close()
